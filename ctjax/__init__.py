@@ -1,0 +1,1 @@
+"""ctjax: a JAX research training framework for custom model training."""

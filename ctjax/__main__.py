@@ -1,0 +1,3 @@
+from ctjax.main import main
+
+main()

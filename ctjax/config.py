@@ -1,0 +1,265 @@
+"""Configs: every field's default, loading an experiment file, overrides, validation.
+
+An experiment is `configs/NAME.py` with `get_config(arg: str | None)` returning a
+ConfigDict that sets only what differs from `base_config()` below. So this file is
+the reference of every option there is. Loading merges the experiment into the
+base, applies `--config.a.b=VALUE` overrides, and validates; every mistake is a
+`UserError` naming the key, raised before anything compiles.
+
+`config.model` and `config.data` are open: their keys are the chosen model's fields
+(checked against `ctjax.models.NAME.Model`) and the chosen source's options.
+"""
+import ast
+import importlib.util
+import json
+import os
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from ctjax.errors import UserError
+
+# Subtrees whose keys depend on the chosen model or source; checked elsewhere.
+OPEN_KEYS = ("model", "data")
+# Fields that hold durations: an int means steps; strings like "3 epochs" allowed.
+DURATION_KEYS = ("train_duration", "log_every", "eval_every", "checkpoint.every",
+                 "optim.schedule.warmup")
+
+
+def base_config() -> ConfigDict:
+  """Every option with its default. Experiments override what they need."""
+  c = ConfigDict()
+  c.seed = 0
+  c.model = ConfigDict({"name": "mlp"})
+  c.data = ConfigDict({
+      "source": "synthetic",
+      "splits": {},              # split name -> spec handed to the source
+      "num_threads": 4,          # parallel decode threads per process
+      "prefetch": 2,             # batches prepared ahead, on device
+  })
+  c.batch_size = 128             # global, over all processes and devices
+  c.grad_accum_steps = 1         # microbatches per step; same update, less memory
+  c.train_duration = "1000 steps"
+
+  c.optim = ConfigDict({
+      "name": "adamw", "lr": 1e-3, "weight_decay": 0.0, "clip_norm": 1.0,
+      "momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+      "schedule": {"name": "warmup_cosine", "warmup": "0 steps",
+                   "end_fraction": 0.0, "timescale": 10000},
+  })
+
+  # Mesh axis sizes; -1 takes the devices left over. Logical axis names used by
+  # the models map to mesh axes through these rules (first match wins).
+  c.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.sharding_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("channels_in", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("vocab", "tensor"),
+      ("channels_out", "tensor"),
+  )
+
+  c.log_every = "50 steps"
+  c.eval_every = "500 steps"     # and always at the end; 0 means only at the end
+  c.eval_splits = ("validation",)  # evaluated periodically
+  c.final_eval_splits = ("validation", "test")  # evaluated once at the end
+  c.eval_batch_size = 0          # 0: same as batch_size
+  c.bits_per_byte = False        # byte-level LMs: also report loss in bits/byte
+
+  c.checkpoint = ConfigDict({
+      "every": "500 steps",      # also at the end and on SIGTERM
+      "every_minutes": 0.0,      # 0 disables the wall-clock trigger
+      "keep": 3,                 # the last k checkpoints ...
+      "best_metric": "",         # ... plus the best by this, e.g. "validation/accuracy"
+      "best_mode": "max",
+      "async_save": True,
+  })
+  # Resume order: WORKDIR/checkpoints, else `resume` (another run's workdir or
+  # checkpoint folder: full state), else `model_init` (params only, from a ctjax
+  # workdir or checkpoint; parameters matching a `model_init_skip` regex keep their
+  # fresh initialisation), else from scratch.
+  c.resume = ""
+  c.model_init = ""
+  c.model_init_skip = ()
+  return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
+  """Parses a config argument like "size=small,debug=True" into typed values.
+
+  The type of each value is the type of its default, so `debug=True` is a bool and
+  `layers=4` an int; a key that has no default is an error naming it.
+  """
+  parsed = ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in defaults:
+      raise UserError(f"config argument {item!r}: expected key=value with key one "
+                      f"of {', '.join(defaults)}")
+    parsed[key] = _parse_value(value, defaults[key], f"config argument {key}")
+  return parsed
+
+
+def _parse_value(text: str, like: Any, name: str) -> Any:
+  """Parses `text` as a value of the same type as `like`, like config flags do."""
+  try:
+    if isinstance(like, bool):
+      if text.lower() in ("true", "1", "yes"):
+        return True
+      if text.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError
+    if isinstance(like, int):
+      return int(text)
+    if isinstance(like, float):
+      return float(text)
+    if isinstance(like, str):
+      return text
+    value = ast.literal_eval(text)
+    if like is not None and isinstance(like, (tuple, list)):
+      value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return value
+  except (ValueError, SyntaxError):
+    if like is None:
+      return text
+    raise UserError(f"{name}={text!r}: expected a {type(like).__name__}") from None
+
+
+def _check_and_merge(base: ConfigDict, update: ConfigDict, prefix: str = "") -> None:
+  """Writes `update` into `base`, refusing keys and types that `base` lacks."""
+  for key, value in update.items():
+    path = f"{prefix}{key}"
+    if path in OPEN_KEYS:
+      base[key] = value if isinstance(value, ConfigDict) else ConfigDict(value)
+      continue
+    if key not in base:
+      raise UserError(f"config.{path}: unknown key; see ctjax/config.py for every "
+                      f"option (close: {', '.join(_close(key, base.keys()))})")
+    current = base[key]
+    if isinstance(current, ConfigDict):
+      if not isinstance(value, (ConfigDict, dict)):
+        raise UserError(f"config.{path}: expected a dict of options, got {value!r}")
+      _check_and_merge(current, ConfigDict(value), prefix=f"{path}.")
+      continue
+    base[key] = _coerce(path, value, current)
+
+
+def _coerce(path: str, value: Any, current: Any) -> Any:
+  """Checks that `value` may replace `current` at config.`path`."""
+  if path in DURATION_KEYS and isinstance(value, (int, str)) and not isinstance(value, bool):
+    return str(value)
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    return tuple(value)
+  if type(value) is not type(current) and not (isinstance(current, str) and value is None):
+    raise UserError(f"config.{path}={value!r}: expected a {type(current).__name__} "
+                    f"(default {current!r})")
+  return value
+
+
+def _close(key: str, candidates) -> list[str]:
+  import difflib  # pylint: disable=g-import-not-at-top
+  return difflib.get_close_matches(key, list(candidates), n=3, cutoff=0.5) or ["none"]
+
+
+def validate(config: ConfigDict, *, device_count: int, process_count: int) -> None:
+  """Checks the shapes of the run against the devices: mesh and batch sizes."""
+  sizes = dict(config.mesh)
+  if set(sizes) != {"data", "fsdp", "tensor"}:
+    raise UserError(f"config.mesh={sizes}: give exactly data, fsdp and tensor sizes")
+  fixed = 1
+  for name, size in sizes.items():
+    if size == 0 or size < -1:
+      raise UserError(f"config.mesh.{name}={size}: use a positive size or -1 (fill)")
+    fixed *= max(size, 1)
+  fills = [name for name, size in sizes.items() if size == -1]
+  if len(fills) > 1:
+    raise UserError(f"config.mesh: only one axis may be -1, got {', '.join(fills)}")
+  if fixed > device_count or (not fills and fixed != device_count) or device_count % fixed:
+    raise UserError(f"config.mesh={sizes}: needs {fixed} devices"
+                    f"{' or a multiple' if fills else ''}, but {device_count} are "
+                    "visible; change the mesh sizes")
+  batch_shards = (sizes["data"] if sizes["data"] > 0 else device_count // fixed) * \
+      (sizes["fsdp"] if sizes["fsdp"] > 0 else device_count // fixed)
+  micro, rem = divmod(config.batch_size, config.grad_accum_steps)
+  if config.grad_accum_steps < 1 or rem:
+    raise UserError(f"config.grad_accum_steps={config.grad_accum_steps}: must be >= 1 "
+                    f"and divide config.batch_size={config.batch_size}")
+  if micro % batch_shards or config.batch_size % process_count:
+    raise UserError(f"config.batch_size={config.batch_size}: each microbatch "
+                    f"({micro}) must divide evenly over the {batch_shards} "
+                    f"data-parallel shards and {process_count} processes; use a "
+                    f"multiple of {batch_shards * config.grad_accum_steps}")
+  eval_batch = config.eval_batch_size or config.batch_size
+  if eval_batch % batch_shards or eval_batch % process_count:
+    raise UserError(f"config.eval_batch_size={eval_batch}: must be a multiple of "
+                    f"{batch_shards} (data-parallel shards)")
+
+
+def load_config(spec: str, overrides: list[str] = ()) -> ConfigDict:
+  """Loads "configs/NAME.py[:ARG]", merges it into the defaults, applies overrides.
+
+  Each override is "a.b=VALUE" (the text after `--config.`), parsed as the type of
+  the field it replaces.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UserError(f"--config {path}: no such file; give a path like "
+                    "configs/default.py")
+  module_spec = importlib.util.spec_from_file_location("ctjax_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"--config {path}: defines no get_config(arg)")
+  experiment = module.get_config(arg or None)
+  config = base_config()
+  _check_and_merge(config, experiment)
+  for override in overrides:
+    apply_override(config, override)
+  return config
+
+
+def apply_override(config: ConfigDict, override: str) -> None:
+  """Applies one "a.b.c=VALUE" override in place."""
+  path, sep, text = override.partition("=")
+  if not sep:
+    raise UserError(f"--config.{override}: expected --config.KEY=VALUE")
+  *parents, leaf = path.split(".")
+  node = config
+  for i, key in enumerate(parents):
+    if key not in node or not isinstance(node[key], ConfigDict):
+      raise UserError(f"--config.{path}: unknown key {'.'.join(parents[:i + 1])!r}")
+    node = node[key]
+  open_subtree = parents and parents[0] in OPEN_KEYS
+  if leaf not in node:
+    if not open_subtree:
+      raise UserError(f"--config.{path}: unknown key; close: "
+                      f"{', '.join(_close(leaf, node.keys()))}")
+    # A model field or source option the experiment left at its default.
+    node[leaf] = _parse_value(text, None, f"--config.{path}")
+    return
+  current = node[leaf]
+  if isinstance(current, ConfigDict):
+    raise UserError(f"--config.{path}: is a group of options; set its fields")
+  if path in DURATION_KEYS:
+    node[leaf] = text
+    return
+  value = _parse_value(text, current, f"--config.{path}")
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def to_json(config: ConfigDict) -> str:
+  """The resolved config as JSON, for WORKDIR/config.json."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> ConfigDict:
+  """Inverse of `to_json`, back onto the defaults (lists become tuples)."""
+  config = base_config()
+  _check_and_merge(config, ConfigDict(json.loads(text)))
+  return config
+

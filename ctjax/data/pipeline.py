@@ -1,0 +1,171 @@
+"""The input pipeline: which examples each step sees, on which process, prefetched.
+
+Determinism is by construction, not by bookkeeping. The training stream is an
+endless sequence of epochs, each a permutation of the split seeded by (seed, epoch);
+step k's global batch is positions [k*B, (k+1)*B) of that stream. So:
+
+- resuming at step k computes step k's examples directly: no replay, and resume
+  time does not grow with k;
+- the global batch does not depend on the number of processes: process p takes
+  rows [p*B/P, (p+1)*B/P) of it, so 1 and 2 processes train on identical batches;
+- random augmentations draw from a generator seeded by (seed, position in the
+  stream), so they too are independent of processes, threads and restarts.
+
+Evaluation walks a split in order and pads the last global batch with masked
+copies of example 0, so metrics are exact for any number of processes.
+"""
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+import functools
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+
+Example = dict[str, np.ndarray]
+Preprocess = Callable[[Example, np.random.Generator | None], Example]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_indices(step: int, *, num_examples: int, global_batch_size: int,
+                  seed: int) -> np.ndarray:
+  """The source indices of step `step`'s global batch; a pure function."""
+  positions = step * global_batch_size + np.arange(global_batch_size)
+  epochs, within = np.divmod(positions, num_examples)
+  indices = np.empty(global_batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    sel = epochs == epoch
+    indices[sel] = _epoch_permutation(num_examples, seed, int(epoch))[within[sel]]
+  return indices
+
+
+def local_rows(global_batch_size: int, process_index: int,
+               process_count: int) -> slice:
+  """This process's contiguous share of a global batch."""
+  per_process = global_batch_size // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+class BatchLoader:
+  """Reads and preprocesses the examples of a batch, in parallel threads."""
+
+  def __init__(self, source: Any, preprocess: Preprocess | None = None, *,
+               num_threads: int = 4):
+    self.source = source
+    self.preprocess = preprocess
+    # Decoding (PIL, tokenizers, NumPy) mostly releases the GIL, so threads overlap.
+    self._pool = ThreadPoolExecutor(num_threads) if num_threads > 1 else None
+
+  def load(self, indices: np.ndarray, rng_keys: np.ndarray | None) -> Example:
+    """Stacks examples `indices`; `rng_keys` seed per-example augmentation."""
+    if self.preprocess is None and hasattr(self.source, "get_batch"):
+      return self.source.get_batch(indices)
+
+    def one(i: int) -> Example:
+      example = self.source[int(indices[i])]
+      if self.preprocess is None:
+        return example
+      rng = None if rng_keys is None else np.random.default_rng(rng_keys[i])
+      return self.preprocess(example, rng)
+
+    examples = (list(self._pool.map(one, range(len(indices)))) if self._pool
+                else [one(i) for i in range(len(indices))])
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _with_mask(batch: Example, valid: np.ndarray) -> Example:
+  """Adds the padding mask, combined with a token-level mask if there is one."""
+  batch = dict(batch)
+  if "mask" in batch:
+    shape = (-1,) + (1,) * (batch["mask"].ndim - 1)
+    batch["mask"] = batch["mask"].astype(np.float32) * valid.reshape(shape)
+  else:
+    batch["mask"] = valid.astype(np.float32)
+  return batch
+
+
+def train_batch(loader: BatchLoader, step: int, *, global_batch_size: int,
+                seed: int, process_index: int = 0,
+                process_count: int = 1) -> Example:
+  """This process's share of step `step`'s training batch."""
+  rows = local_rows(global_batch_size, process_index, process_count)
+  indices = train_indices(step, num_examples=len(loader.source),
+                          global_batch_size=global_batch_size, seed=seed)[rows]
+  positions = step * global_batch_size + np.arange(global_batch_size)[rows]
+  rng_keys = np.stack([np.full_like(positions, seed), positions], axis=1)
+  return _with_mask(loader.load(indices, rng_keys),
+                    np.ones(len(indices), np.float32))
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  return -(-num_examples // global_batch_size)
+
+
+def eval_batches(loader: BatchLoader, *, global_batch_size: int,
+                 process_index: int = 0,
+                 process_count: int = 1) -> Iterator[Example]:
+  """This process's share of each evaluation batch, in order, padded and masked."""
+  n = len(loader.source)
+  rows = local_rows(global_batch_size, process_index, process_count)
+  for b in range(num_eval_batches(n, global_batch_size)):
+    positions = b * global_batch_size + np.arange(global_batch_size)[rows]
+    valid = positions < n
+    yield _with_mask(loader.load(np.where(valid, positions, 0), None),
+                     valid.astype(np.float32))
+
+
+def prefetch(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
+  """Runs `batches` (reading and decoding) `size` items ahead in a thread.
+
+  Only host work happens in the thread: on CPU, a host-to-device transfer from a
+  second thread while a program with collectives runs can deadlock XLA's
+  rendezvous, so `to_device` below runs in the caller's thread. Exceptions in the
+  producer (a corrupt record, say) are re-raised in the consumer, at the batch where
+  they happened. `size=0` runs everything in the caller's thread.
+  """
+  if size == 0:
+    yield from batches
+    return
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for item in batches:
+        if stop.is_set():
+          return
+        q.put(item)
+      q.put(done)
+    except BaseException as e:  # pylint: disable=broad-except
+      q.put(e)
+
+  threading.Thread(target=produce, daemon=True).start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def to_device(batches: Iterator[Any], transfer: Callable[[Any], Any]) -> Iterator[Any]:
+  """Transfers one batch ahead: batch k+1 is copied while step k computes."""
+  batches = iter(batches)
+  try:
+    ahead = transfer(next(batches))
+  except StopIteration:
+    return
+  for batch in batches:
+    current, ahead = ahead, transfer(batch)
+    yield current
+  yield ahead

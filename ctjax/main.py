@@ -1,0 +1,76 @@
+"""The `ctjax` command (also `python -m ctjax`).
+
+  ctjax train --config configs/NAME.py[:ARG] [--workdir DIR] [--config.a.b=VALUE ...]
+
+Running the same command again on a workdir resumes it. Mistakes in the config or
+the data print one line naming the key, file or record, and exit with status 2.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from ctjax.errors import UserError
+
+
+def initialize_distributed() -> None:
+  """Starts jax.distributed when this is one process of several.
+
+  Set by hand (JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES,
+  JAX_PROCESS_ID; gloo collectives on CPU), or detected by JAX itself on a TPU VM
+  pod slice or under SLURM. Must run before anything touches a device.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif (len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+    jax.distributed.initialize()
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(prog="ctjax", description=__doc__.split("\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+  train = commands.add_parser("train", help="train, or resume, a run")
+  train.add_argument("--config", required=True,
+                     help="configs/NAME.py, optionally :ARG for get_config(ARG)")
+  train.add_argument("--workdir", default=None,
+                     help="the run's folder (default runs/NAME); rerun to resume")
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognised argument {item!r}; overrides look like "
+                   "--config.optim.lr=0.01")
+    overrides.append(item[len("--config."):])
+  return args, overrides
+
+
+def default_workdir(config_spec: str) -> str:
+  path, _, arg = config_spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "-" + arg.replace("=", "_").replace(",", "-")
+  return os.path.join("runs", name)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+  try:
+    initialize_distributed()
+    from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
+    from ctjax import train  # pylint: disable=g-import-not-at-top
+    config = config_lib.load_config(args.config, overrides)
+    train.train(config, args.workdir or default_workdir(args.config))
+  except UserError as e:
+    print(f"ctjax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()

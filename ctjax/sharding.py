@@ -1,0 +1,83 @@
+"""The device mesh, logical-axis rules, and the shardings of state and batches.
+
+Models name their parameter axes logically ("embed", "mlp", "heads", ...); the
+config's `sharding_rules` map those names to the mesh axes `data`, `fsdp` and
+`tensor`. Changing the layout (data-parallel, FSDP, tensor-parallel) is changing
+the mesh sizes and rules, never the model.
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# A batch is split over every axis that holds different examples.
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(mesh_config: Any) -> Mesh:
+  """The mesh from config sizes; -1 takes the devices left over."""
+  sizes = [mesh_config[a] for a in MESH_AXES]
+  fixed = int(np.prod([s for s in sizes if s > 0]))
+  sizes = [jax.device_count() // fixed if s == -1 else s for s in sizes]
+  return jax.make_mesh(tuple(sizes), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """Drops mesh axes from dimensions they do not divide evenly.
+
+  A small model on a large mesh (say a 10-class head on 8 devices) would otherwise
+  fail to compile; replicating that one dimension is the sensible fallback.
+  """
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    kept = []
+    for name in names:
+      if dim % (mesh.shape[name] * int(np.prod([mesh.shape[k] for k in kept]))) == 0:
+        kept.append(name)
+    fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  return P(*fitted)
+
+
+def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
+                    rules: Any) -> Any:
+  """NamedShardings for a state whose leaves may be flax `Partitioned` boxes.
+
+  Leaves without logical names (step counters, optimizer scalars, RNG keys) are
+  replicated.
+  """
+  logical = nn.get_partition_spec(abstract_boxed_state)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.meta.unbox(abstract_boxed_state)
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, _fit_to_shape(spec, x.shape, mesh)),
+      mesh_specs, shapes, is_leaf=lambda s: isinstance(s, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles global arrays from each process's contiguous share of the batch."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+          for k, v in local_batch.items()}
+
+
+def describe_params(params: Any, shardings: Any) -> str:
+  """One line per parameter: path, shape, dtype and mesh layout; then totals."""
+  lines = []
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  flat_shardings = jax.tree.leaves(shardings)
+  total = 0
+  for (path, leaf), sharding in zip(flat, flat_shardings):
+    total += int(np.prod(leaf.shape))
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    lines.append(f"  {name:<60} {str(tuple(leaf.shape)):<18} {leaf.dtype!s:<9} "
+                 f"{sharding.spec}")
+  lines.append(f"  total parameters: {total:,}")
+  return "\n".join(lines)

@@ -1,0 +1,363 @@
+"""The trainer: one program, top to bottom.
+
+  1. check the config against the devices     5. train and eval steps, compiled
+  2. mesh                                     6. restore or initialise
+  3. data                                     7. the loop: step, log, evaluate,
+  4. model, optimizer, sharded init              checkpoint, stop on SIGTERM
+
+Fork this file into experiments/<project>/ for an unusual idea; the reusable parts
+live in the modules it imports. Every process runs this same program.
+"""
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+import optax
+
+from ctjax import checkpoint
+from ctjax import config as config_lib
+from ctjax import durations
+from ctjax import metrics as metrics_lib
+from ctjax import models
+from ctjax import optim
+from ctjax import sharding
+from ctjax import writers
+from ctjax.data import ops
+from ctjax.data import pipeline
+from ctjax.data import splits as splits_lib
+from ctjax.errors import UserError
+
+info = writers.info
+
+
+@dataclasses.dataclass
+class Schedule:
+  """The run's durations, resolved to steps (0 = never)."""
+  total_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+
+def _resolve_schedule(config: ml_collections.ConfigDict, train_examples: int) -> Schedule:
+  to_steps = functools.partial(durations.to_steps, global_batch_size=config.batch_size,
+                               train_examples=train_examples)
+  total = to_steps(config.train_duration, key="train_duration")
+  if total < 1:
+    raise UserError(f"config.train_duration={config.train_duration!r}: is less than "
+                    "one step")
+  return Schedule(
+      total_steps=total,
+      log_every=to_steps(config.log_every, key="log_every"),
+      eval_every=to_steps(config.eval_every, key="eval_every"),
+      checkpoint_every=to_steps(config.checkpoint.every, key="checkpoint.every"))
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Cross-entropy per example (or per token): the loss DP-SGD would clip."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    grad_accum_steps: int):
+  """The update: k microbatches summed, normalised by the step's real count.
+
+  Losses are sums over real examples (or tokens) divided once by the count over the
+  whole global batch, so k microbatches of b give the same update as one batch of
+  k*b, and padding never dilutes the loss.
+  """
+
+  def loss_sum(params, batch, rng):
+    logits = model.apply({"params": params}, batch["inputs"], train=True,
+                         rngs={"dropout": rng})
+    losses = per_example_loss(logits, batch["label"])
+    return jnp.sum(jnp.where(batch["mask"] > 0, losses * batch["mask"], 0.0))
+
+  grad_fn = jax.value_and_grad(loss_sum)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    count = jnp.sum(batch["mask"])
+    if grad_accum_steps == 1:
+      total, grads = grad_fn(state["params"], batch, rng)
+    else:
+      # Microbatch i takes rows i, i+k, i+2k, ...: every device keeps an equal share
+      # of every microbatch, so no data moves between devices.
+      def split(x):
+        x = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+      def accumulate(carry, xs):
+        i, micro = xs
+        value, grads = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (value, grads)), None
+
+      zeros = (jnp.zeros((), jnp.float32),
+               jax.tree.map(jnp.zeros_like, state["params"]))
+      (total, grads), _ = jax.lax.scan(
+          accumulate, zeros,
+          (jnp.arange(grad_accum_steps), jax.tree.map(split, batch)))
+    denominator = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / denominator, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new_state = dict(state, step=state["step"] + 1,
+                     params=optax.apply_updates(state["params"], updates),
+                     opt_state=opt_state)
+    return new_state, {"loss": total / denominator,
+                       "grad_norm": optax.global_norm(grads)}
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, num_classes: int | None):
+  def eval_step(params, batch):
+    logits = model.apply({"params": params}, batch["inputs"], train=False)
+    return metrics_lib.classification_stats(logits, batch["label"], batch["mask"],
+                                            num_classes=num_classes)
+  return eval_step
+
+
+def _abstract_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
+  """Global shapes and shardings of a batch, from one process's share."""
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]),
+                                  v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
+          for k, v in local_batch.items()}
+
+
+def _memory_report(compiled) -> str:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return "  memory analysis not available on this backend"
+  if m is None:
+    return "  memory analysis not available on this backend"
+  mib = lambda b: f"{b / 2**20:,.1f} MiB"
+  return (f"  arguments {mib(m.argument_size_in_bytes)}, outputs "
+          f"{mib(m.output_size_in_bytes)}, temporaries {mib(m.temp_size_in_bytes)}, "
+          f"code {mib(m.generated_code_size_in_bytes)} (per device)")
+
+
+class _Preemption:
+  """Turns SIGTERM (how TPU VMs and schedulers preempt) into a clean stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def reached(self, step: int, manager) -> bool:
+    # With several processes, all must agree on the step to stop at; Orbax asks
+    # JAX's preemption sync service, which also listens for the signal.
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self.requested
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_non_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> None:
+  """Fetches buffered step metrics; raises at the first step with a bad loss."""
+  for step, m in pending:
+    loss = float(jax.device_get(m["loss"]))
+    if not np.isfinite(loss):
+      raise UserError(f"train/loss is {loss} at step {step}: the run diverged; lower "
+                      "config.optim.lr, enable config.optim.clip_norm or check the "
+                      "data; the last good checkpoint is kept")
+
+
+def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
+             batch_size: int, split: str, bits_per_byte: bool) -> dict[str, float]:
+  """Exact metrics over a whole split (padded, masked, summed across hosts)."""
+  stats = None
+  for local in pipeline.eval_batches(loader, global_batch_size=batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    s = eval_step(params, sharding.global_batch(local, mesh))
+    stats = s if stats is None else metrics_lib.merge(stats, s)
+  summary = metrics_lib.summarize(jax.device_get(stats), bits_per_byte=bits_per_byte)
+  return {f"{split}/{k}": v for k, v in summary.items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (or resumes) the run in `workdir`; returns the final metrics."""
+  # --- 1. Check the config against the devices, before anything compiles. ------
+  config_lib.validate(config, device_count=jax.device_count(),
+                      process_count=jax.process_count())
+  model = models.get_model(config.model)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_lib.to_json(config))
+
+  # --- 2. Mesh. ------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh)
+  rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.sharding_rules)
+  info(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
+       f"devices, {jax.process_count()} process(es)")
+
+  # --- 3. Data. -------------------------------------------------------------------
+  splits = splits_lib.open_splits(config.data)
+  for name in set(config.eval_splits) | set(config.final_eval_splits) | {"train"}:
+    if name not in splits:
+      raise UserError(f"config.eval_splits: no split {name!r}; the data config "
+                      f"defines {', '.join(splits)}")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "splits.json"), "w") as f:
+      json.dump(splits_lib.describe(config.data, splits), f, indent=2)
+  train_source = splits["train"]
+  sched = _resolve_schedule(config, len(train_source))
+  preprocess = ops.compose(config.data.get("preprocess"))
+  loaders = {name: pipeline.BatchLoader(s, preprocess,
+                                        num_threads=config.data.num_threads)
+             for name, s in splits.items()}
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  first_batch = pipeline.train_batch(
+      loaders["train"], 0, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  # --- 4. Model, optimizer, sharded init. ---------------------------------------
+  tx, lr_schedule = optim.make_optimizer(
+      config.optim, total_steps=sched.total_steps, global_batch_size=config.batch_size,
+      train_examples=len(train_source))
+  dummy_inputs = jnp.zeros((1, *first_batch["inputs"].shape[1:]),
+                           first_batch["inputs"].dtype)
+
+  def init_state(rng):
+    params = model.init({"params": rng}, dummy_inputs, train=False)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "rng": jax.random.fold_in(rng, 1)}
+
+  root_rng = jax.random.PRNGKey(config.seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, root_rng)
+  state_sh = sharding.state_shardings(boxed, mesh, rules)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.meta.unbox(boxed), state_sh)
+  info("parameters:\n" + sharding.describe_params(abstract_state["params"],
+                                                  state_sh["params"]))
+
+  # --- 5. Train and eval steps, compiled ahead of time. -------------------------
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract_batch = _abstract_batch(first_batch, mesh)
+  num_classes = (getattr(model, "num_classes", None)
+                 if first_batch["label"].ndim == 1 else None)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    train_step = jax.jit(
+        make_train_step(model, tx, config.grad_accum_steps),
+        in_shardings=(state_sh, sharding.batch_sharding(mesh, 1)),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0).lower(abstract_state, abstract_batch).compile()
+    eval_step = jax.jit(make_eval_step(model, num_classes),
+                        in_shardings=(state_sh["params"], None),
+                        out_shardings=replicated)
+    fresh_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)),
+                          out_shardings=state_sh)
+  info("train step memory:\n" + _memory_report(train_step))
+
+  # --- 6. Restore or initialise. --------------------------------------------------
+  manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                    config.checkpoint)
+  state, position, origin = checkpoint.restore_or_initialize(
+      manager, config, abstract_state, lambda: fresh_state(root_rng))
+  start_step = int(position["step"]) if position else 0
+  info(f"{origin}; training steps {start_step}..{sched.total_steps}")
+
+  # --- 7. The loop. ----------------------------------------------------------------
+  writer = writers.MetricWriter(workdir)
+  preemption = _Preemption()
+  last_eval: dict[str, float] = {}
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
+  batches = pipeline.to_device(pipeline.prefetch(
+      (pipeline.train_batch(loaders["train"], s, global_batch_size=config.batch_size,
+                            seed=config.seed, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+       for s in range(start_step, sched.total_steps)), size=config.data.prefetch),
+      transfer=lambda b: sharding.global_batch(b, mesh))
+  tick, tick_step = time.perf_counter(), start_step
+  last_save_time = time.monotonic()
+
+  def run_evals(split_names, step):
+    # On CPU, two programs with collectives in flight at once can deadlock XLA's
+    # in-process rendezvous; let the queued train steps finish first.
+    jax.block_until_ready(state)
+    results = {}
+    for name in split_names:
+      results.update(evaluate(eval_step, state["params"], loaders[name], mesh,
+                              batch_size=eval_batch_size, split=name,
+                              bits_per_byte=config.bits_per_byte))
+    writer.write(step, results)
+    info(f"step {step}: {writers.format_scalars(results)}")
+    return results
+
+  def save(step, metrics=None, force=False):
+    _first_non_finite(pending)  # Never checkpoint a diverged state.
+    checkpoint.save(manager, state, {"step": step, "seed": config.seed,
+                                     "examples_seen": step * config.batch_size},
+                    metrics=metrics, force=force)
+
+  try:
+    step = start_step
+    for step in range(start_step + 1, sched.total_steps + 1):
+      state, step_metrics = train_step(state, next(batches))
+      pending.append((step, step_metrics))
+
+      if sched.log_every and step % sched.log_every == 0 or step == sched.total_steps:
+        _first_non_finite(pending)
+        fetched = jax.device_get([m for _, m in pending])
+        now = time.perf_counter()
+        steps_per_s = (step - tick_step) / (now - tick)
+        scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
+                   for k in fetched[0]}
+        scalars["train/lr"] = float(lr_schedule(step - 1))
+        scalars["train/steps_per_s"] = steps_per_s
+        scalars["train/examples_per_s"] = steps_per_s * config.batch_size
+        writer.write(step, scalars)
+        eta = (sched.total_steps - step) / max(steps_per_s, 1e-9)
+        info(f"step {step}/{sched.total_steps}  {writers.format_scalars(scalars)}  "
+             f"ETA {eta:.0f}s")
+        pending.clear()
+        tick, tick_step = now, step
+
+      is_last = step == sched.total_steps
+      if sched.eval_every and step % sched.eval_every == 0 and not is_last:
+        last_eval = run_evals(config.eval_splits, step)
+      time_to_save = (config.checkpoint.every_minutes > 0 and
+                      time.monotonic() - last_save_time > 60 * config.checkpoint.every_minutes)
+      if jax.process_count() > 1 and config.checkpoint.every_minutes > 0:
+        time_to_save = bool(multihost_utils.broadcast_one_to_all(time_to_save))
+      if (sched.checkpoint_every and step % sched.checkpoint_every == 0
+          and not is_last) or time_to_save:
+        save(step, metrics=last_eval if sched.eval_every and
+             step % sched.eval_every == 0 else None)
+        last_save_time = time.monotonic()
+      if preemption.reached(step, manager) and not is_last:
+        info(f"SIGTERM: saving step {step} and stopping; run again to resume")
+        save(step, force=True)
+        manager.wait_until_finished()
+        return {}
+
+    final = run_evals(config.final_eval_splits, step)
+    if step > start_step:
+      save(step, metrics=final, force=True)
+    manager.wait_until_finished()
+    return final
+  finally:
+    preemption.restore()
+    writer.close()
+    manager.close()
