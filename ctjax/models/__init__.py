@@ -1,0 +1,80 @@
+"""The model zoo: one module per family, each defining a flax.linen `Model`.
+
+`config.model.name = "gpt"` selects `ctjax.models.gpt.Model`, and the other keys of
+`config.model` are its dataclass fields. Adding a family is adding one file.
+
+Every `Model` is called as `model.apply({"params": params}, inputs, train=...,
+rngs={"dropout": key})` and returns float32 logits; its parameters carry logical
+axis names for sharding (see `ctjax/models/layers.py`).
+"""
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ctjax.errors import UserError
+
+# Fields that every flax Module has; they are not model configuration.
+_MODULE_FIELDS = ("parent", "name")
+
+
+def families() -> list[str]:
+  """Names of the modules in ctjax/models/ that define a `Model`."""
+  names = []
+  for info in pkgutil.iter_modules(__path__):
+    module = importlib.import_module(f"{__name__}.{info.name}")
+    if hasattr(module, "Model"):
+      names.append(info.name)
+  return sorted(names)
+
+
+def get_model(model_config: Any) -> nn.Module:
+  """Builds `ctjax.models.<name>.Model` from `config.model`.
+
+  Args:
+    model_config: a ConfigDict or dict with `name` and any fields of that Model.
+      Lists become tuples (sequence fields such as `widths` are tuples) and dtype
+      names such as "bfloat16" become dtypes.
+
+  Returns:
+    The unbound Model.
+
+  Raises:
+    UserError: the name has no module, or a key is not a field of its Model.
+  """
+  if hasattr(model_config, "to_dict"):
+    model_config = model_config.to_dict()
+  kwargs = dict(model_config)
+  name = kwargs.pop("name", None)
+  module = None
+  if isinstance(name, str) and name.isidentifier():
+    try:
+      module = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+      # A module that exists but fails to import is a bug to see, not a typo.
+      if e.name != f"{__name__}.{name}":
+        raise
+  if not hasattr(module, "Model"):
+    raise UserError(f"config.model.name={name!r}: no module ctjax/models/{name}.py "
+                    f"with a Model; choose one of {', '.join(families())}")
+
+  model_class = module.Model
+  fields = [f.name for f in dataclasses.fields(model_class)
+            if f.name not in _MODULE_FIELDS]
+  for key, value in kwargs.items():
+    if key not in fields:
+      raise UserError(f"config.model.{key}: not a field of "
+                      f"{module.__name__}.Model; valid fields: {', '.join(fields)}")
+    if isinstance(value, list):
+      kwargs[key] = tuple(value)
+    elif key in ("dtype", "param_dtype") and isinstance(value, str):
+      try:
+        kwargs[key] = jnp.dtype(value)
+      except TypeError:
+        raise UserError(f"config.model.{key}={value!r} is not a dtype; use e.g. "
+                        f"'float32' or 'bfloat16'") from None
+  return model_class(**kwargs)

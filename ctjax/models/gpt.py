@@ -1,0 +1,93 @@
+"""A decoder-only language model: GPT-2's pre-norm stack with rotary positions.
+
+Positions enter only through RoPE on queries and keys, so there is no position
+table and no maximum length. Parameters:
+
+  embed/embedding                       [vocab, hidden], also the output layer
+                                        when tie_embeddings
+  decoder/layer_{i}/...                 see `layers.TransformerBlock`; with
+  decoder/layers/...                    scan_layers, one tree with a leading
+                                        [num_layers] axis named "layers"
+  final_norm/{scale, bias}
+  lm_head/{kernel, bias}                only when not tie_embeddings
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ctjax.models import layers
+
+
+class Model(nn.Module):
+  """Causal transformer language model.
+
+  Attributes:
+    vocab_size: token vocabulary size.
+    hidden_size: width of the residual stream.
+    num_layers: transformer blocks.
+    num_heads: attention heads; hidden_size / num_heads must be even (RoPE).
+    mlp_dim: hidden size of each block's MLP.
+    dropout: dropout rate after the embeddings and on each residual branch.
+    norm: "layernorm" or "rmsnorm", for the blocks and the final norm.
+    rope_base: RoPE wavelength base.
+    attention_impl: `jax.nn.dot_product_attention` implementation: None (JAX
+      chooses), "xla", or "cudnn" (fused flash attention; GPU, bf16/fp16 only).
+    tie_embeddings: compute logits with the transposed input embedding (GPT-2)
+      rather than a separate `lm_head`.
+    scan_layers: run the blocks with nn.scan: one block to compile, whatever the
+      depth.
+    remat: rematerialise each block in the backward pass: "none", "full", or
+      "dots" (keep matmul outputs, recompute the rest).
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  vocab_size: int = 256
+  hidden_size: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  dropout: float = 0.0
+  norm: str = "layernorm"
+  rope_base: float = 10000.0
+  attention_impl: str | None = None
+  tie_embeddings: bool = True
+  scan_layers: bool = False
+  remat: str = "none"
+  dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, train: bool = False) -> jax.Array:
+    """inputs: int token ids [batch, length]; returns float32 next-token logits
+    [batch, length, vocab_size], position t predicting token t + 1."""
+    embed = nn.Embed(self.vocab_size, self.hidden_size,
+                     embedding_init=nn.with_logical_partitioning(
+                         layers.transformer_init, ("vocab", "embed")),
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="embed")
+    x = embed(inputs)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.with_logical_constraint(x, layers.ACTIVATION_AXES)
+
+    block = functools.partial(
+        layers.TransformerBlock, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        dropout=self.dropout, pre_norm=True, norm=self.norm, norm_epsilon=1e-5,
+        # GPT-2's "gelu_new" is the tanh approximation.
+        activation=functools.partial(jax.nn.gelu, approximate=True),
+        causal=True, rope_base=self.rope_base,
+        attention_impl=self.attention_impl, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    x = layers.TransformerStack(block, self.num_layers,
+                                scan_layers=self.scan_layers, remat=self.remat,
+                                name="decoder")(x, train=train)
+    x = layers.norm_layer(self.norm, epsilon=1e-5, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="final_norm")(x)
+
+    if self.tie_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = layers.dense(self.vocab_size, ("embed", "vocab"), name="lm_head",
+                            dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    return logits.astype(jnp.float32)
