@@ -45,8 +45,10 @@ def make_manager(directory: str, checkpoint_config: Any | None = None, *,
       preservation_policy=preserve,
       enable_async_checkpointing=bool(cfg.async_save) if cfg else False,
       read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(directory, options=options,
-                               item_names=("state", "data"))
+  # Handlers named up front, so that a fresh manager (a restarted run, or another
+  # run's folder) can read item metadata before anything is restored.
+  return ocp.CheckpointManager(directory, options=options, item_handlers={
+      "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, state: Any, position: dict[str, int], *,
@@ -54,7 +56,7 @@ def save(manager: ocp.CheckpointManager, state: Any, position: dict[str, int], *
   """Starts saving `state` at its step; all processes must call this together."""
   step = int(position["step"])
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(position)),
+      state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(position)),
                metrics=metrics, force=force)
 
 
@@ -68,7 +70,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   step = manager.latest_step() if step is None else step
   _check_compatible(manager, step, abstract_state)
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      state=ocp.args.PyTreeRestore(
+          item=abstract_state,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+      data=ocp.args.JsonRestore()))
   return restored["state"], dict(restored["data"])
 
 
@@ -80,7 +85,11 @@ def _check_compatible(manager: ocp.CheckpointManager, step: int,
   saved = saved if only is None else {only: saved.get(only)}
   saved_shapes = {_path(p): tuple(getattr(x, "shape", ()))
                   for p, x in jax.tree_util.tree_flatten_with_path(saved)[0]}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
+  # Parameters first: "params/hidden_0/kernel" tells a person more than the same
+  # mismatch seen through the optimizer state ("opt_state/1/0/mu/...").
+  leaves = sorted(jax.tree_util.tree_flatten_with_path(expected)[0],
+                  key=lambda item: _path(item[0]).split("/")[0] != "params")
+  for path, leaf in leaves:
     name = _path(path)
     if name not in saved_shapes:
       raise UserError(f"checkpoint {manager.directory}/{step}: has no {name}; it "

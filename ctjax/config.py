@@ -124,7 +124,7 @@ def _parse_value(text: str, like: Any, name: str) -> Any:
   except (ValueError, SyntaxError):
     if like is None:
       return text
-    raise UserError(f"{name}={text!r}: expected a {type(like).__name__}") from None
+    raise UserError(f"{name}={text!r}: expected {_a(like)}") from None
 
 
 def _check_and_merge(base: ConfigDict, update: ConfigDict, prefix: str = "") -> None:
@@ -132,7 +132,9 @@ def _check_and_merge(base: ConfigDict, update: ConfigDict, prefix: str = "") -> 
   for key, value in update.items():
     path = f"{prefix}{key}"
     if path in OPEN_KEYS:
-      base[key] = value if isinstance(value, ConfigDict) else ConfigDict(value)
+      # Any keys, on top of the defaults (data.num_threads, data.prefetch, ...).
+      value = value.to_dict() if isinstance(value, ConfigDict) else dict(value)
+      base[key] = ConfigDict({**base[key].to_dict(), **value})
       continue
     if key not in base:
       raise UserError(f"config.{path}: unknown key; see ctjax/config.py for every "
@@ -152,12 +154,25 @@ def _coerce(path: str, value: Any, current: Any) -> Any:
     return str(value)
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     return float(value)
-  if isinstance(current, tuple) and isinstance(value, list):
-    return tuple(value)
+  if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+    # JSON turns nested tuples such as sharding_rules' ("batch", ("data", "fsdp"))
+    # into lists at every level; restore them all.
+    return _tuples(value)
   if type(value) is not type(current) and not (isinstance(current, str) and value is None):
-    raise UserError(f"config.{path}={value!r}: expected a {type(current).__name__} "
+    raise UserError(f"config.{path}={value!r}: expected {_a(current)} "
                     f"(default {current!r})")
   return value
+
+
+def _a(value: Any) -> str:
+  """'an int', 'a float': the type of `value`, for error messages."""
+  name = type(value).__name__
+  return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _tuples(value: Any) -> Any:
+  """Lists (and lists within them) as tuples."""
+  return tuple(map(_tuples, value)) if isinstance(value, (list, tuple)) else value
 
 
 def _close(key: str, candidates) -> list[str]:

@@ -60,6 +60,11 @@ def default_workdir(config_spec: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  # TensorFlow (TensorBoard files, TFDS) prints start-up notices on stderr, the
+  # oneDNN one even before its log level applies; quiet them so that stderr holds
+  # only what needs attention. A user's own settings win.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
   try:
     initialize_distributed()

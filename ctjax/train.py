@@ -187,7 +187,14 @@ def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
   for local in pipeline.eval_batches(loader, global_batch_size=batch_size,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
-    s = eval_step(params, sharding.global_batch(local, mesh))
+    batch = sharding.global_batch(local, mesh)
+    # One eval step at a time: successive steps do not depend on each other, so
+    # XLA on CPU may run two at once, and with several processes their gloo
+    # collectives then pair up in a different order on each process: a deadlock.
+    # The batch above is already copied while the previous step runs.
+    if stats is not None:
+      jax.block_until_ready(stats)
+    s = eval_step(params, batch)
     stats = s if stats is None else metrics_lib.merge(stats, s)
   summary = metrics_lib.summarize(jax.device_get(stats), bits_per_byte=bits_per_byte)
   return {f"{split}/{k}": v for k, v in summary.items()}
@@ -211,7 +218,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
        f"devices, {jax.process_count()} process(es)")
 
   # --- 3. Data. -------------------------------------------------------------------
-  splits = splits_lib.open_splits(config.data)
+  splits = splits_lib.open_splits(
+      config.data, state_dir=workdir, write_state=jax.process_index() == 0,
+      num_classes=getattr(model, "num_classes", None),
+      vocab_size=getattr(model, "vocab_size", None))
   for name in set(config.eval_splits) | set(config.final_eval_splits) | {"train"}:
     if name not in splits:
       raise UserError(f"config.eval_splits: no split {name!r}; the data config "
@@ -315,6 +325,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     step = start_step
     for step in range(start_step + 1, sched.total_steps + 1):
       state, step_metrics = train_step(state, next(batches))
+      # At most two steps in flight: wait (a wait, not a transfer) for the previous
+      # step. XLA on CPU deadlocks with many queued programs that hold collectives
+      # ("Expected 8 threads to join the rendezvous"); an accelerator still always
+      # has the next step queued, so this costs it nothing.
+      if pending:
+        jax.block_until_ready(pending[-1][1])
       pending.append((step, step_metrics))
 
       if sched.log_every and step % sched.log_every == 0 or step == sched.total_steps:

@@ -21,10 +21,11 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tensorboard = None
+    self._last_line = None  # (step, record, file offset) of the last jsonl line
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "ab")
     try:
       # clu's TensorBoard writer is built on tf.summary.
       from clu.metric_writers import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -37,8 +38,18 @@ class MetricWriter:
     if not self.enabled:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    record = {"step": int(step), **scalars}
+    if self._last_line is not None and self._last_line[0] == step:
+      # Training and evaluation metrics of one step share its line: the contract
+      # is one object per logged step. Rewrite that line with both.
+      _, previous, offset = self._last_line
+      record = {**previous, **record}
+      self._jsonl.truncate(offset)
+    self._jsonl.seek(0, os.SEEK_END)
+    offset = self._jsonl.tell()
+    self._jsonl.write((json.dumps(record) + "\n").encode("utf-8"))
     self._jsonl.flush()
+    self._last_line = (step, record, offset)
     if self._tensorboard is not None:
       self._tensorboard.write_scalars(int(step), scalars)
       self._tensorboard.flush()

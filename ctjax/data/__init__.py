@@ -19,4 +19,21 @@ for files. Sources without native splits are divided by `config.data.split_fract
 Every example's keys: `inputs` (the model's input), `label` (int class, or int token
 targets [L] for language models) and, for token-level tasks, `mask` [L] (1 where the
 target counts in the loss). The pipeline adds or multiplies in the padding mask.
+
+Optional attributes a source may have:
+  source.labels       int [N] class of each example: stratified fractions, and the
+                      check against config.model.num_classes;
+  source.location(i)  "file:line" of example i, for errors about it;
+  source.label_names  the class names, when labels were names in the files;
+  source.vocab_size   token ids are below this (checked against the model's).
+
+Sources of the user's files (csv, jsonl, image_folder) open *raw* records and
+define a module-level `fit(data_config, train) -> state`: vocabularies and
+statistics from the training split only (JSON-able; None when there is nothing to
+fit); `raw.encode(state)` then gives the source above. `splits.open_splits` runs
+this and saves the state in WORKDIR/data_state.json, which a resumed run reuses.
+
+Modules: `sources/` (one per kind), `splits.py`, `ops.py` (preprocessing),
+`pipeline.py` (batches), `records.py` (bad records, label vocabularies),
+`tokenizer.py` and `images.py` (shared by sources and ops).
 """

@@ -10,17 +10,29 @@ Two ways to get train/validation/test:
       seeded by `config.data.split_seed`, stratified by label when
       `config.data.stratify` is set.
 
+Sources whose module defines `fit` (tables, labelled files) are then *encoded*:
+vocabularies and statistics are fitted on the training split only, saved as
+WORKDIR/data_state.json, and applied to every split; a resumed run (or a later
+evaluation) loads that file instead of fitting again, so it sees the same mapping.
+Finally every split's labels are checked against the model (`check_labels`).
+
 Either way `describe` gives a record (sizes, specs and a digest of the indices)
 that the trainer writes to WORKDIR/splits.json, so a split can be reproduced and
 checked.
 """
 import hashlib
 import importlib
+import json
+import os
 from typing import Any
 
 import numpy as np
 
+from ctjax.data import records
 from ctjax.errors import UserError
+
+# Vocabularies and statistics fitted on the training split, in the workdir.
+STATE_FILE = "data_state.json"
 
 
 class Subset:
@@ -33,6 +45,11 @@ class Subset:
       self.get_batch = lambda idx: source.get_batch(self.indices[idx])
     if getattr(source, "labels", None) is not None:
       self.labels = np.asarray(source.labels)[self.indices]
+    if hasattr(source, "location"):
+      self.location = lambda i: source.location(int(self.indices[i]))
+    for name in ("label_names", "vocab_size"):
+      if hasattr(source, name):
+        setattr(self, name, getattr(source, name))
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -77,8 +94,23 @@ def _source_module(data_config: Any):
                     f"{', '.join(known)}") from None
 
 
-def open_splits(data_config: Any) -> dict[str, Any]:
-  """Opens every split the config names: {"train": source, "validation": ...}."""
+def open_splits(data_config: Any, *, state_dir: str | None = None,
+                write_state: bool = True, num_classes: int | None = None,
+                vocab_size: int | None = None) -> dict[str, Any]:
+  """Opens every split the config names: {"train": source, "validation": ...}.
+
+  Args:
+    data_config: `config.data`.
+    state_dir: where the fitted vocabularies and statistics live (the workdir);
+      loaded from there when present, else fitted and written there. None: fit
+      and keep nothing.
+    write_state: whether this process writes them (process 0 of several).
+    num_classes: the model's number of classes, to check class labels against.
+    vocab_size: the model's vocabulary, to check a tokenizer's against.
+
+  Returns:
+    The splits, each a source ready for the pipeline.
+  """
   module = _source_module(data_config)
   fractions = data_config.get("split_fractions")
   if fractions:
@@ -98,11 +130,124 @@ def open_splits(data_config: Any) -> dict[str, Any]:
   else:
     splits = {name: module.open_source(data_config, spec)
               for name, spec in dict(data_config.splits).items()}
+  _check_not_empty(data_config, splits)
+  if hasattr(module, "fit"):
+    if "train" not in splits:
+      raise UserError(f"config.data: source {data_config.source!r} fits its "
+                      "vocabularies on a split named 'train'; name one 'train'")
+    state = _load_or_fit(module, data_config, splits["train"], state_dir,
+                         write_state)
+    if state is not None:
+      splits = _encode(splits, state)
+  splits = check_labels(data_config, splits, num_classes=num_classes,
+                        vocab_size=vocab_size)
+  _check_not_empty(data_config, splits)
+  return splits
+
+
+def _check_not_empty(data_config: Any, splits: dict[str, Any]) -> None:
   for name, source in splits.items():
     if len(source) == 0:
-      raise UserError(f"config.data: split {name!r} is empty; check its spec or "
-                      "fractions")
-  return splits
+      spec = (f"config.data.splits.{name}={data_config.splits[name]!r}"
+              if name in dict(data_config.get("splits") or {}) else
+              f"config.data.split_fractions.{name}")
+      raise UserError(f"{spec}: split {name!r} has no examples; check the files "
+                      "it names (and how many records were skipped)")
+
+
+def _load_or_fit(module, data_config: Any, train: Any, state_dir: str | None,
+                 write_state: bool) -> dict[str, Any] | None:
+  """The state saved in `state_dir`, else fitted on `train` (None: nothing to fit)."""
+  path = os.path.join(state_dir, STATE_FILE) if state_dir else None
+  if path and os.path.exists(path):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+      source, state = saved["source"], saved["state"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserError(f"{path}: unreadable ({e}); delete it to fit the "
+                      "vocabularies again from the training split") from None
+    if source != data_config.source:
+      raise UserError(f"{path}: was fitted for source {source!r}, but "
+                      f"config.data.source={data_config.source!r}; use a new "
+                      "workdir")
+    return state
+  state = module.fit(data_config, train)
+  if path and write_state and state is not None:
+    # Written whole, then renamed: other processes never read half a file.
+    os.makedirs(state_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"source": data_config.source, "state": state}, f, indent=1)
+    os.replace(path + ".tmp", path)
+  return state
+
+
+def _encode(splits: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+  """Applies `state` to every split; subsets of one source share one encoding."""
+  wholes, result = {}, {}
+  for name, split in splits.items():
+    if isinstance(split, Subset):
+      if id(split.source) not in wholes:
+        wholes[id(split.source)] = split.source.encode(state)
+      result[name] = Subset(wholes[id(split.source)], split.indices)
+    else:
+      result[name] = split.encode(state)
+  return result
+
+
+def check_labels(data_config: Any, splits: dict[str, Any], *,
+                 num_classes: int | None = None,
+                 vocab_size: int | None = None) -> dict[str, Any]:
+  """Checks class labels (and tokenizers) against the model, before training.
+
+  A label that is negative (a class the training split never had) or not below
+  `num_classes` is a bad record: an error naming its file and line, or, with
+  `config.data.skip_bad_records`, dropped from its split. A tokenizer with more
+  tokens than the model's `vocab_size` is an error.
+  """
+  checked = {}
+  for name, split in splits.items():
+    source_vocab = getattr(split, "vocab_size", None)
+    if vocab_size and source_vocab and source_vocab > vocab_size:
+      raise UserError(f"config.model.vocab_size={vocab_size}: split {name!r} is "
+                      f"tokenised into {source_vocab} token ids; set "
+                      f"config.model.vocab_size={source_vocab}")
+    labels = getattr(split, "labels", None)
+    if labels is None:
+      checked[name] = split
+      continue
+    labels = np.asarray(labels)
+    bad = labels < 0
+    if num_classes:
+      bad |= labels >= num_classes
+    if not bad.any():
+      checked[name] = split
+      continue
+    names = getattr(split, "label_names", None)
+    report = records.BadRecords(data_config, f"split {name!r}")
+    for i in np.flatnonzero(bad):
+      location = (split.location(i) if hasattr(split, "location") else
+                  f"split {name!r}, example {i}")
+      report(location, _label_problem(
+          int(labels[i]), names, num_classes,
+          needed=len(names) if names else int(labels.max()) + 1))
+    report.report()
+    checked[name] = Subset(split, np.flatnonzero(~bad))
+  return checked
+
+
+def _label_problem(label: int, names: list[str] | None, num_classes: int | None,
+                   *, needed: int) -> str:
+  if label < 0 and names is not None:
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return (f"label is not one of the {len(names)} classes of the training split "
+            f"({shown}); fix it, or add examples of it to the training split")
+  if label < 0:
+    return ("label is not a class id: the training split's labels are integers "
+            "0, 1, ...; fix it")
+  what = f"label {names[label]!r} (class {label})" if names else f"label {label}"
+  return (f"{what} is outside config.model.num_classes={num_classes}; set "
+          f"config.model.num_classes={needed}, or fix the label")
 
 
 def describe(data_config: Any, splits: dict[str, Any]) -> dict[str, Any]:

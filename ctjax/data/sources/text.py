@@ -3,6 +3,7 @@
   config.data.source = "text"
   config.data.files = "stdlib:*.py"     # a glob; "stdlib:" means the Python
                                         # standard library's own source folder
+  config.data.tokenizer = "bytes"       # or the path of a tokenizer.json
   config.data.seq_len = 256
   config.data.splits = {"train": "[0%:90%]", "validation": "[90%:95%]",
                         "test": "[95%:100%]"}
@@ -10,9 +11,12 @@
 Documents (files) are assigned to splits by a stable hash of their path relative to
 the glob's folder, so a file never straddles two splits and adding a file does not
 move the others. Each split's documents are read in sorted order, tokenised (bytes:
-token = byte value, vocab 256) and concatenated; sequence i is tokens
+token = byte value, vocab 256; a tokenizer.json: its ids, and
+config.model.vocab_size must cover them) and concatenated; sequence i is tokens
 [i*(L+1), (i+1)*(L+1)). The loss mask is 0 where the target is the first token of a
 new document: predicting it from another file's context is noise, not signal.
+With a tokenizer.json, a file that is not UTF-8 is a bad record (see
+`config.data.skip_bad_records`).
 """
 import glob
 import os
@@ -23,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ctjax.data import records
+from ctjax.data import tokenizer as tokenizer_lib
 from ctjax.errors import UserError
 
 _SPLIT = re.compile(r"^\[(\d+)%:(\d+)%\]$")
@@ -45,24 +51,42 @@ def _bucket(root: str, path: str) -> int:
 
 
 class PackedText:
-  """Token windows of length seq_len+1 over a concatenation of documents."""
+  """Token windows of length seq_len+1 over a concatenation of documents.
 
-  def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, seq_len: int):
+  Attributes:
+    vocab_size: the tokenizer's number of ids, checked against the model's.
+  """
+
+  def __init__(self, tokens: np.ndarray, starts: np.ndarray, seq_len: int,
+               vocab_size: int):
     self.seq_len = seq_len
+    self.vocab_size = vocab_size
     n = len(tokens) // (seq_len + 1)
     self.tokens = tokens[:n * (seq_len + 1)].reshape(n, seq_len + 1)
-    self.doc_ids = doc_ids[:n * (seq_len + 1)].reshape(n, seq_len + 1)
+    # True at the first token of each document.
+    self.starts = starts[:n * (seq_len + 1)].reshape(n, seq_len + 1)
 
   def __len__(self) -> int:
     return len(self.tokens)
 
   def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    t, d = self.tokens[indices], self.doc_ids[indices]
+    t = self.tokens[indices]
     return {"inputs": t[:, :-1].astype(np.int32), "label": t[:, 1:].astype(np.int32),
-            "mask": (d[:, 1:] == d[:, :-1]).astype(np.float32)}
+            "mask": (~self.starts[indices, 1:]).astype(np.float32)}
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in self.get_batch(np.array([i])).items()}
+
+
+def pack(documents: list[np.ndarray], seq_len: int, vocab_size: int) -> PackedText:
+  """Concatenates tokenised documents into windows, marking where each starts."""
+  documents = [d for d in documents if len(d)]
+  if not documents:
+    return PackedText(np.zeros(0, np.int32), np.zeros(0, bool), seq_len, vocab_size)
+  tokens = np.concatenate(documents)
+  starts = np.zeros(len(tokens), bool)
+  starts[np.cumsum([0] + [len(d) for d in documents[:-1]])] = True
+  return PackedText(tokens, starts, seq_len, vocab_size)
 
 
 def open_source(data_config: Any, split: str) -> PackedText:
@@ -72,11 +96,19 @@ def open_source(data_config: Any, split: str) -> PackedText:
                     f"'[0%:90%]', got {split!r}")
   lo, hi = int(match[1]), int(match[2])
   root, files = _documents(data_config.files)
-  chosen = [f for f in files if lo <= _bucket(root, f) < hi]
-  docs = []
-  for path in chosen:
+  tokenizer = tokenizer_lib.load(data_config.get("tokenizer", "bytes"))
+  bad = records.BadRecords(data_config, f"{data_config.files} {split}")
+  texts = []
+  for path in (f for f in files if lo <= _bucket(root, f) < hi):
     with open(path, "rb") as f:
-      docs.append(np.frombuffer(f.read(), np.uint8))
-  tokens = np.concatenate(docs) if docs else np.zeros(0, np.uint8)
-  doc_ids = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
-  return PackedText(tokens, doc_ids, data_config.seq_len)
+      data = f.read()
+    if tokenizer.spec != "bytes":
+      try:
+        data = data.decode("utf-8")
+      except UnicodeDecodeError as e:
+        bad(path, f"not UTF-8 text ({e.reason} at byte {e.start}); convert it, or "
+                  "use config.data.tokenizer='bytes'")
+        continue
+    texts.append(data)
+  bad.report()
+  return pack(tokenizer.encode(texts), data_config.seq_len, tokenizer.vocab_size)

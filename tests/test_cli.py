@@ -1,0 +1,124 @@
+"""The `ctjax train` command: config mistakes, the default workdir, config.json.
+
+A mistake in the config must stop the run before anything compiles, with exit
+status 2 and one line on stderr that names the key (or file) and the fix: no
+traceback for a person to dig through. Each case runs the real command in its own
+process, as a user would; all of them start at once, since each mostly waits for
+Python and JAX to import.
+"""
+import pathlib
+import subprocess
+
+import pytest
+
+import run_util
+import shared_runs
+from ctjax import config as config_lib
+
+DEFAULT = "configs/default.py"
+# A small experiment written to a file, for mistakes that live in config files.
+MLP = dict(model=dict(name="mlp", num_classes=10, hidden_sizes=(16,)),
+           data=dict(source="sklearn_datasets", name="digits",
+                     split_fractions={"train": 0.8, "validation": 0.2}),
+           batch_size=32, train_duration=5, final_eval_splits=("validation",))
+
+# name: (config: a path or the dict of a file to write, overrides, what the line names)
+MISTAKES = {
+    "unknown_key_in_override": (DEFAULT, ["optim.lrr=1"], "optim.lrr"),
+    "unknown_key_in_file": (dict(MLP, bach_size=64), [], "bach_size"),
+    "unknown_model_field": (DEFAULT, ["model.widthz=(8, 8)"], "model.widthz"),
+    "wrong_type_in_override": (DEFAULT, ["batch_size=abc"], "batch_size"),
+    "wrong_type_in_file": (dict(MLP, batch_size="64"), [], "batch_size"),
+    # 8 devices in the test environment: 60 examples do not split over them.
+    "batch_not_divisible_by_data_parallel": (DEFAULT, ["batch_size=60"], "batch_size"),
+    "microbatch_not_divisible": (DEFAULT, ["grad_accum_steps=16"], "batch_size"),
+    "mesh_larger_than_devices": (DEFAULT, ["mesh.data=16"], "mesh"),
+    "model_without_module": (DEFAULT, ["model.name=resnet9000"], "model.name"),
+    "unknown_optimizer": (DEFAULT, ["optim.name=adamm"], "optim.name"),
+    "bad_duration": (DEFAULT, ["train_duration=3 weeks"], "train_duration"),
+    "unknown_eval_split": (DEFAULT, ["eval_splits=('valid',)"], "eval_splits"),
+    "missing_config_file": ("configs/no_such_experiment.py", [],
+                            "configs/no_such_experiment.py"),
+    "bad_config_argument": (DEFAULT + ":foo=1", [], "foo"),
+}
+
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+  """Runs every case of MISTAKES, all at once and once per session."""
+
+  def run_all(folder):
+    runs = {}
+    for name, (config, overrides, _) in MISTAKES.items():
+      if isinstance(config, dict):
+        config = run_util.write_config(folder, config, name=f"{name}.py")
+      runs[name] = run_util.start(config, folder / name,
+                                  dict(o.split("=", 1) for o in overrides), devices=8)
+    results = {name: run_util.finish(run, check=False) for name, run in runs.items()}
+    return {name: {"args": r.args, "returncode": r.returncode, "stdout": r.stdout,
+                   "stderr": r.stderr} for name, r in results.items()}
+
+  _, results = shared_runs.once(tmp_path_factory, "mistakes", run_all)
+  return {name: subprocess.CompletedProcess(**r) for name, r in results.items()}
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_config_mistake_stops_before_compiling_with_one_line(mistakes, name):
+  result, named = mistakes[name], MISTAKES[name][2]
+  lines = result.stderr.splitlines()
+  assert result.returncode == 2, result.stderr
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith("ctjax: error: "), lines[0]
+  assert named in lines[0], lines[0]
+  # Nothing was compiled: the compiled step's memory report comes first thing after
+  # compilation, after the parameter overview.
+  assert "train step memory" not in result.stdout
+  assert "parameters:" not in result.stdout
+  assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_unrecognised_argument_is_a_usage_error():
+  result = subprocess.run(
+      run_util.command(DEFAULT, "unused") + ["--confg.optim.lr=1"],
+      cwd=run_util.REPO, env=run_util.env(1), capture_output=True, text=True,
+      timeout=run_util.TIMEOUT_S)
+  assert result.returncode == 2
+  assert "--confg.optim.lr=1" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> shared_runs.SharedRun:
+  """configs/default.py:steps=20 with overrides and no --workdir."""
+  return shared_runs.short_default_run(tmp_path_factory)
+
+
+def test_workdir_defaults_to_runs_and_the_config_name(short_run):
+  # The config argument is part of the name: "default:steps=20" and "default" are
+  # different experiments and must not resume each other.
+  assert [p.name for p in (short_run.dir / "runs").iterdir()] == ["default-steps_20"]
+  assert (short_run.dir / "runs" / "default-steps_20" / "metrics.jsonl").is_file()
+
+
+def test_config_json_is_the_resolved_config(short_run):
+  workdir = short_run.dir / "runs" / "default-steps_20"
+  text = (workdir / "config.json").read_text()
+  config = config_lib.from_json(text)
+  # The experiment's argument and every override are applied ...
+  expected = config_lib.load_config(
+      DEFAULT + ":steps=20", ["log_every=1", "eval_every=0", "checkpoint.every=0",
+                              "optim.schedule.warmup=5"])
+  assert config.train_duration == "20"
+  assert config.optim.schedule.warmup == "5"
+  assert config.model.name == "cnn" and config.batch_size == 64
+  # ... and config.json reloads to exactly the config that ran.
+  assert config_lib.to_json(config) == text == config_lib.to_json(expected)
+
+
+def test_config_json_reruns_as_an_experiment(short_run, tmp_path):
+  """A run's config.json, loaded back, describes the same run: sweeps rely on it."""
+  text = (short_run.dir / "runs" / "default-steps_20" / "config.json").read_text()
+  path = pathlib.Path(tmp_path) / "rerun.py"
+  path.write_text("from ctjax import config\n\n\n"
+                  f"def get_config(arg=None):\n  return config.from_json({text!r})\n")
+  assert config_lib.to_json(config_lib.load_config(str(path))) == text
