@@ -42,8 +42,8 @@ TIMEOUT_S = 300
 
 Overrides = dict[str, Any] | None
 
-# Small configs that finish in seconds and still exercise the sharding rules: every
-# kernel dimension named "embed", "mlp", "heads" or "vocab" divides by 8.
+# Small configs that finish in seconds. The GPT's sizes let every sharding rule
+# act on 8 devices: embed 32, mlp 64 and vocab 256 divide by 8, its 4 heads by 2.
 GPT_CONFIG = {
     "seed": 0,
     "data": {"source": "text", "files": "stdlib:*.py", "seq_len": 32,
@@ -68,7 +68,11 @@ MLP_CONFIG = {
 
 
 def env(devices: int = 8, **extra: str) -> dict[str, str]:
-  """The environment of a ctjax subprocess with `devices` fake CPU devices."""
+  """The environment of a ctjax subprocess with `devices` fake CPU devices.
+
+  JAX_* variables of the test process are dropped: a stray coordinator address
+  would turn every run into one process of a multi-process job.
+  """
   result = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
   xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
                      result.get("XLA_FLAGS", ""))

@@ -1,5 +1,4 @@
 """The input pipeline: resumable without replay, epochs, processes, exact evaluation."""
-import socket
 import time
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 
 from ctjax.data import pipeline
 from ctjax.data.sources.memory import ArraySource
+import multiprocess_util
 import run_util
 
 
@@ -73,12 +73,6 @@ def test_process_shares_make_up_the_global_batch_and_eval_is_exact():
   assert sorted(seen) == list(range(45))  # Every example once; padding masked.
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_one_and_two_processes_give_identical_validation_metrics(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(300, 3))
@@ -99,12 +93,8 @@ def test_one_and_two_processes_give_identical_validation_metrics(tmp_path):
       "optim": {"lr": 0.01},
   })
   run_util.train(config, tmp_path / "one", devices=8)
-  port = str(_free_port())
-  runs = [run_util.start(config, tmp_path / "two", devices=4, extra_env={
-      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-  for run in runs:
-    run_util.finish(run)
+  multiprocess_util.train(config, tmp_path / "two", num_processes=2,
+                          devices_per_process=4)
   one, two = ({k: v for k, v in run_util.metrics(tmp_path / d)[-1].items()
                if k.startswith(("validation/", "test/"))} for d in ("one", "two"))
   assert one["validation/accuracy"] > 0.5  # It learned: the metrics mean something.

@@ -3,8 +3,8 @@
 A bad record (an unparsable row, a missing value, a corrupt image) stops the run
 before training with one line naming the file and the line or record:
 
-  ctjax: error: data/train.csv:17: column 'age': 'abc' is not a number; fix the
-  record, or set config.data.skip_bad_records=True to skip bad records
+  ctjax: error: data/train.csv:17: column 'age': 'abc' is not a finite number;
+  fix it, or set config.data.skip_bad_records=True to skip bad records
 
 With `config.data.skip_bad_records = True` such records are dropped instead, and
 the run logs how many were dropped and where the first few were.
@@ -13,10 +13,10 @@ Labels in files are often names ("benign", "malignant"): a label vocabulary is t
 sorted list of the names in the *training* split, and a label's id is its index.
 Labels that are all integers ("0", "1", 7) are used as ids directly.
 """
+from collections.abc import Sequence
 import glob
 import os
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

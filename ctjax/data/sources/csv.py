@@ -34,8 +34,8 @@ Bad rows (a wrong number of fields, a number that does not parse, a missing labe
 a missing number when `missing="error"`) stop the run naming the file and line, or
 are skipped with `config.data.skip_bad_records=True`. Tables are read into memory.
 """
-import csv
 from collections.abc import Sequence
+import csv
 import os
 from typing import Any
 
