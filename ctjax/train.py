@@ -170,16 +170,23 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _first_non_finite(pending: list[tuple[int, dict[str, jax.Array]]]) -> None:
-  """Fetches buffered step metrics; raises at the first step with a bad loss."""
+def _fetch_checked(pending: list[tuple[int, dict[str, jax.Array]]]
+                   ) -> list[dict[str, float]]:
+  """Fetches buffered step metrics; raises at the first step that diverged.
+
+  A non-finite gradient norm counts too: it poisons the params before the loss
+  shows it, and the check runs before every checkpoint save.
+  """
   # One fetch for all of them: a fetch per step would wait on the devices each time.
-  losses = jax.device_get([m["loss"] for _, m in pending])
-  for (step, _), loss in zip(pending, losses):
-    loss = float(loss)
-    if not np.isfinite(loss):
-      raise UserError(f"train/loss is {loss} at step {step}: the run diverged; lower "
-                      "config.optim.lr, enable config.optim.clip_norm or check the "
-                      "data; the last good checkpoint is kept")
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, fetched):
+    for key in ("loss", "grad_norm"):
+      if not np.isfinite(m[key]):
+        raise UserError(f"train/{key} is {float(m[key])} at step {step}: the run "
+                        "diverged; lower config.optim.lr, enable "
+                        "config.optim.clip_norm or check the data; the last good "
+                        "checkpoint is kept")
+  return fetched
 
 
 def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
@@ -291,7 +298,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   info(f"{origin}; training steps {start_step}..{sched.total_steps}")
 
   # --- 7. The loop. ----------------------------------------------------------------
-  writer = writers.MetricWriter(workdir)
+  writer = writers.MetricWriter(workdir, start_step=start_step)
   preemption = _Preemption()
   last_eval: dict[str, float] = {}
   pending: list[tuple[int, dict[str, jax.Array]]] = []
@@ -309,7 +316,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # step takes a millisecond (small models on accelerators). Dispatch runs ahead
   # of the devices, so the copy still overlaps the previous step.
   tick, tick_step = time.perf_counter(), start_step
-  last_save_time = time.monotonic()
+  last_save_time, time_to_save = time.monotonic(), False
+  on_cpu = jax.devices()[0].platform == "cpu"
 
   def run_evals(split_names, step):
     # On CPU, two programs with collectives in flight at once can deadlock XLA's
@@ -325,7 +333,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return results
 
   def save(step, metrics=None, force=False):
-    _first_non_finite(pending)  # Never checkpoint a diverged state.
+    _fetch_checked(pending)  # Never checkpoint a diverged state.
     checkpoint.save(manager, state, {"step": step, "seed": config.seed,
                                      "examples_seen": step * config.batch_size},
                     metrics=metrics, force=force)
@@ -334,17 +342,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     step = start_step
     for step in range(start_step + 1, sched.total_steps + 1):
       state, step_metrics = train_step(state, next(batches))
-      # At most two steps in flight: wait (a wait, not a transfer) for the previous
-      # step. XLA on CPU deadlocks with many queued programs that hold collectives
-      # ("Expected 8 threads to join the rendezvous"); an accelerator still always
-      # has the next step queued, so this costs it nothing.
-      if pending:
+      # On CPU, at most two steps in flight: wait (a wait, not a transfer) for the
+      # previous step. XLA's CPU runtime deadlocks with many queued programs that
+      # hold collectives ("Expected 8 threads to join the rendezvous").
+      # Accelerators queue freely.
+      if on_cpu and pending:
         jax.block_until_ready(pending[-1][1])
       pending.append((step, step_metrics))
 
       if sched.log_every and step % sched.log_every == 0 or step == sched.total_steps:
-        _first_non_finite(pending)
-        fetched = jax.device_get([m for _, m in pending])
+        fetched = _fetch_checked(pending)
         now = time.perf_counter()
         steps_per_s = (step - tick_step) / (now - tick)
         scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
@@ -358,19 +365,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
              f"ETA {eta:.0f}s")
         pending.clear()
         tick, tick_step = now, step
+        # The wall-clock checkpoint trigger is read here, where no step is in
+        # flight, since agreeing on it across processes is itself a collective.
+        if config.checkpoint.every_minutes > 0:
+          time_to_save = (time.monotonic() - last_save_time >
+                          60 * config.checkpoint.every_minutes)
+          if jax.process_count() > 1:
+            time_to_save = bool(multihost_utils.broadcast_one_to_all(time_to_save))
 
       is_last = step == sched.total_steps
       if sched.eval_every and step % sched.eval_every == 0 and not is_last:
         last_eval = run_evals(config.eval_splits, step)
-      time_to_save = (config.checkpoint.every_minutes > 0 and
-                      time.monotonic() - last_save_time > 60 * config.checkpoint.every_minutes)
-      if jax.process_count() > 1 and config.checkpoint.every_minutes > 0:
-        time_to_save = bool(multihost_utils.broadcast_one_to_all(time_to_save))
       if (sched.checkpoint_every and step % sched.checkpoint_every == 0
           and not is_last) or time_to_save:
         save(step, metrics=last_eval if sched.eval_every and
              step % sched.eval_every == 0 else None)
-        last_save_time = time.monotonic()
+        last_save_time, time_to_save = time.monotonic(), False
       if preemption.reached(step, manager) and not is_last:
         info(f"SIGTERM: saving step {step} and stopping; run again to resume")
         save(step, force=True)

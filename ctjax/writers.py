@@ -17,7 +17,8 @@ import jax
 class MetricWriter:
   """Writes scalar metrics to every sink this process has."""
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, start_step: int = 0,
+               enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tensorboard = None
@@ -25,7 +26,9 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "ab")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_records_after(path, start_step)
+    self._jsonl = open(path, "ab")
     try:
       # clu's TensorBoard writer is built on tf.summary.
       from clu.metric_writers import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -63,6 +66,23 @@ class MetricWriter:
       self._jsonl.close()
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Forgets records of steps after `step`, the step a run resumes from.
+
+  A run killed after its last checkpoint logged steps that the resumed run will
+  log again; keeping both would give those steps two records.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 def info(message: Any = "") -> None:

@@ -296,12 +296,24 @@ def test_metric_writer_adds_evaluation_to_the_steps_line(tmp_path):
   writer.write(10, {"validation/accuracy": 0.5})
   writer.write(20, {"train/loss": 0.5})
   writer.close()
-  resumed = writers.MetricWriter(str(tmp_path), enabled=True)  # appends, as on resume
+  resumed = writers.MetricWriter(str(tmp_path), start_step=20, enabled=True)
   resumed.write(30, {"train/loss": 0.25})
   resumed.close()
   assert run_util.metrics(tmp_path) == [
       {"step": 10, "train/loss": 1.0, "validation/accuracy": 0.5},
       {"step": 20, "train/loss": 0.5}, {"step": 30, "train/loss": 0.25}]
+
+
+def test_resumed_run_replaces_records_logged_after_its_checkpoint(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path), enabled=True)
+  for step in (10, 20, 30):  # killed after step 30, last checkpoint at step 10
+    writer.write(step, {"train/loss": 1.0 / step})
+  writer.close()
+  resumed = writers.MetricWriter(str(tmp_path), start_step=10, enabled=True)
+  resumed.write(20, {"train/loss": 0.5})
+  resumed.close()
+  assert run_util.metrics(tmp_path) == [
+      {"step": 10, "train/loss": 0.1}, {"step": 20, "train/loss": 0.5}]
 
 
 # --- Exact evaluation. ----------------------------------------------------------------
