@@ -115,7 +115,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                      params=optax.apply_updates(state["params"], updates),
                      opt_state=opt_state)
     return new_state, {"loss": total / denominator,
-                       "grad_norm": optax.global_norm(grads)}
+                       "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 

@@ -20,6 +20,7 @@ CONFIGS = sorted((run_util.REPO / "configs").glob("*.py"))
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads_and_builds_its_model(path):
   config = config_lib.load_config(str(path))
+  config_lib.validate(config, device_count=8, process_count=1)
   assert isinstance(models.get_model(config.model), nn.Module)
 
 

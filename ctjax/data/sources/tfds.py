@@ -136,6 +136,9 @@ def _in_memory(tfds, builder, split: str, input_key: str,
   for example in tfds.as_numpy(dataset):
     inputs.append(example[input_key])
     labels.append(example[label_key])
+  if not inputs:
+    raise UserError(f"config.data.splits: {split!r} of {builder.info.full_name} "
+                    "has no examples; check the split string")
   if len({x.shape for x in inputs}) > 1:
     raise UserError(f"config.data: {builder.info.full_name} split {split!r} has "
                     f"{input_key!r} of different shapes, which cannot be held in "
