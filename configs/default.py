@@ -4,7 +4,14 @@
   # = ctjax train --config configs/default.py --workdir runs/default
 
 1,797 8x8 grey images of digits 0-9, divided 80/10/10 (seeded, stratified) into
-train/validation/test. Measured result: see "Measured" below.
+train/validation/test; 600 steps of batch 64 (about 27 epochs).
+
+Measured (2026-11-27, 2-core AMD EPYC VM, jax 0.10.2, the command above):
+  1 CPU device (as `make train` runs):  test accuracy 0.9888 (178/180), test loss
+      0.0585, validation accuracy 0.9888; 29.5 s wall for the whole command
+      (start-up, compilation, 600 steps, 3 evaluations, checkpoints), ~56 steps/s.
+  8 fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8): test
+      accuracy 0.9777 (176/180), ~37 steps/s; 35 s wall.
 """
 from ml_collections import ConfigDict
 
