@@ -3,7 +3,7 @@
   ctjax train --config configs/resnet_cifar10.py --workdir runs/resnet_cifar10
   ctjax train --config configs/resnet_cifar10.py:size=tiny,steps=20   # smoke test
 
-Reads `cifar10` through TFDS by name; the first run downloads (170 MB) and prepares
+Reads `cifar10` through TFDS by name; the first run downloads (about 160 MB) and prepares
 it as ArrayRecord in ~/tensorflow_datasets (see ctjax/data/sources/tfds.py; set
 --config.data.data_dir to use a copy you have). 49,000 training images, the last
 1,000 of the train split for validation, and the 10,000 test images. Augmentation
@@ -17,9 +17,8 @@ Sizes (`:size=NAME`):
 
 Measured: not yet. The machine this was written on has no internet to download
 CIFAR-10 and no GPU; tests/test_configs.py trains, evaluates and checkpoints the
-tiny size for a few steps on TFDS's mock data. A recipe of this shape (ResNet-18,
-GroupNorm, 100 epochs, crop+flip) typically reaches about 94-95% test accuracy;
-replace this paragraph with the measured command, result and hardware.
+tiny size for a few steps on TFDS's mock data. Replace this paragraph with the
+measured command, result and hardware.
 """
 from ml_collections import ConfigDict
 

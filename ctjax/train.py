@@ -315,6 +315,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # instead of ~300 us for assembling jax.Arrays in Python, which matters when a
   # step takes a millisecond (small models on accelerators). Dispatch runs ahead
   # of the devices, so the copy still overlaps the previous step.
+  lr_schedule(start_step)  # Its eager ops compile now, not inside a timed interval.
   tick, tick_step = time.perf_counter(), start_step
   last_save_time, time_to_save = time.monotonic(), False
   on_cpu = jax.devices()[0].platform == "cpu"

@@ -349,3 +349,11 @@ def test_tokenize_and_truncate_pad_ops_for_classification_and_lm():
 def test_unknown_op_is_an_error_naming_it():
   with pytest.raises(UserError, match="unknown op 'one_hot'"):
     ops.compose(["one_hot(10)"])
+
+
+def test_op_arguments_may_be_plain_arithmetic():
+  example = {"inputs": np.array([[[255]]], np.uint8)}
+  assert ops.compose(["scale(1/255)"])(example, None)["inputs"].item() == 1.0
+  for spec in ("scale(1/0)", "scale(open('x'))"):
+    with pytest.raises(UserError, match="cannot parse"):
+      ops.parse(spec)

@@ -4,8 +4,6 @@ One tiny image dataset is prepared twice, as ArrayRecord (read by index) and as
 TFRecord (read into memory): both must give exactly the examples written, in the
 same order, for the same split string.
 """
-import importlib.resources
-import sys
 
 from ml_collections import ConfigDict
 import numpy as np
@@ -22,10 +20,6 @@ NUM_EXAMPLES = 40
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   """{file format: builder folder} of a dataset whose image i is filled with i."""
-  # tensorflow_datasets 4.9.10 looks up a builder's code through the
-  # importlib_resources backport, which etils no longer installs; the standard
-  # library's importlib.resources has the same API.
-  sys.modules.setdefault("importlib_resources", importlib.resources)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   values = np.arange(NUM_EXAMPLES, dtype=np.uint8)
   images = np.broadcast_to(values[:, None, None, None], (NUM_EXAMPLES, 4, 4, 3))

@@ -19,6 +19,7 @@ integer labels (`optax.softmax_cross_entropy_with_integer_labels`), and integer
 labels are what the metrics count.
 """
 import ast
+import operator
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +32,19 @@ Example = dict[str, np.ndarray]
 Op = Callable[[Example, np.random.Generator | None], Example]
 
 
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+               ast.Div: operator.truediv}
+
+
+def _value(node: ast.AST):
+  """A literal, or plain arithmetic on numbers ("1/255", "(0.5, 0.5, 0.5)")."""
+  if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+    return _ARITHMETIC[type(node.op)](_value(node.left), _value(node.right))
+  if isinstance(node, (ast.Tuple, ast.List)):
+    return tuple(_value(e) for e in node.elts)
+  return ast.literal_eval(node)
+
+
 def parse(spec: str) -> Op:
   """Builds one op from a string like "resize(32)" or "flip_lr"."""
   try:
@@ -39,11 +53,11 @@ def parse(spec: str) -> Op:
       name, args, kwargs = node.id, [], {}
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
       name = node.func.id
-      args = [ast.literal_eval(a) for a in node.args]
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+      args = [_value(a) for a in node.args]
+      kwargs = {k.arg: _value(k.value) for k in node.keywords}
     else:
       raise ValueError
-  except (SyntaxError, ValueError):
+  except (SyntaxError, ValueError, TypeError, ArithmeticError):
     raise UserError(f"config.data.preprocess: cannot parse {spec!r}; write ops like "
                     "'resize(32)' or 'flip_lr'") from None
   factory = globals().get(name)

@@ -29,6 +29,10 @@ Two ways of reading, chosen by how the dataset was prepared:
   with a warning giving its size. That suits CIFAR-sized data (cifar10's train
   split is 150 MB); for more, convert to ArrayRecord as above.
 
+Read by index, a split has no `labels` array (reading every label would decode
+every example), so `config.data.split_fractions` with `stratify` needs the
+in-memory kind; use TFDS split strings instead, which are exact and cheap.
+
 TensorFlow (through tensorflow_datasets) is imported here only, when a config uses
 this source; the rest of ctjax runs without it.
 """
