@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 import jax
 import numpy as np
@@ -177,6 +177,26 @@ def session_dir(tmp_path_factory) -> pathlib.Path:
   return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def once_per_session(tmp_path_factory, name: str,
+                     make: Callable[[pathlib.Path], Any]) -> tuple[pathlib.Path, Any]:
+  """Calls `make(folder)` once per test session; returns the folder and its result.
+
+  Under pytest-xdist the workers share the session's folder: the first caller runs
+  `make` under a file lock, the others wait on the lock and read the recorded
+  result, which must be JSON.
+  """
+  root = session_dir(tmp_path_factory) / "once"
+  root.mkdir(exist_ok=True)
+  folder, record = root / name, root / f"{name}.json"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not record.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      record.write_text(json.dumps(make(folder)))
+  return folder, json.loads(record.read_text())
+
+
 def shared_train(tmp_path_factory, config: dict[str, Any], overrides: Overrides = None,
                  *, devices: int = 8) -> pathlib.Path:
   """Runs `ctjax train` once per session for these arguments; returns the workdir.
@@ -188,15 +208,13 @@ def shared_train(tmp_path_factory, config: dict[str, Any], overrides: Overrides 
   """
   key = hashlib.sha256(json.dumps([config, overrides, devices], sort_keys=True,
                                   default=repr).encode()).hexdigest()[:16]
-  directory = session_dir(tmp_path_factory) / f"shared-run-{key}"
-  with open(f"{directory}.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
-    if not (directory / "done").exists():
-      shutil.rmtree(directory, ignore_errors=True)
-      result = train(write_config(directory, config), directory / "run", overrides,
-                     devices=devices)
-      (directory / "stdout.txt").write_text(result.stdout)
-      (directory / "done").touch()
+
+  def make(directory: pathlib.Path) -> None:
+    result = train(write_config(directory, config), directory / "run", overrides,
+                   devices=devices)
+    (directory / "stdout.txt").write_text(result.stdout)
+
+  directory, _ = once_per_session(tmp_path_factory, f"shared-run-{key}", make)
   return directory / "run"
 
 

@@ -4,22 +4,20 @@ A full run of the default experiment takes most of a minute; the tests that chec
 accuracy, its logs, its TensorBoard files and its exact evaluation all read the same
 run rather than each making one. Under pytest-xdist the workers share the session's
 temporary folder, so a file lock there makes the first worker to ask run it and the
-others wait for it and read its record (`once`).
+others wait for it and read its record (`run_util.once_per_session`).
 
   run = shared_runs.run_once(tmp_path_factory, "default", ["train", "--config",
                              shared_runs.config_path("default"), "--workdir", "run"])
   run.dir / "run" / "metrics.jsonl"; run.result.stdout; run.seconds
 """
 import dataclasses
-import fcntl
-import json
 import os
 import pathlib
 import resource
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -37,24 +35,6 @@ class SharedRun:
 def config_path(name: str) -> str:
   """The absolute path of configs/NAME.py (runs start in their own folder)."""
   return str(run_util.REPO / "configs" / f"{name}.py")
-
-
-def once(tmp_path_factory: pytest.TempPathFactory, name: str,
-         make: Callable[[pathlib.Path], Any]) -> tuple[pathlib.Path, Any]:
-  """Calls `make(folder)` once per session; returns the folder and its result.
-
-  The result must be JSON; the first caller writes it next to the folder, under a
-  lock that the other callers (in any worker) wait on before reading it.
-  """
-  root = run_util.session_dir(tmp_path_factory) / "shared-runs"
-  root.mkdir(exist_ok=True)
-  folder, record = root / name, root / f"{name}.json"
-  with open(root / f"{name}.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
-    if not record.exists():
-      folder.mkdir()
-      record.write_text(json.dumps(make(folder)))
-  return folder, json.loads(record.read_text())
 
 
 def run_once(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str], *,
@@ -85,7 +65,7 @@ def run_once(tmp_path_factory: pytest.TempPathFactory, name: str, args: list[str
             "cpu_seconds": (after.ru_utime + after.ru_stime
                             - before.ru_utime - before.ru_stime)}
 
-  folder, saved = once(tmp_path_factory, name, run)
+  folder, saved = run_util.once_per_session(tmp_path_factory, name, run)
   return SharedRun(folder, subprocess.CompletedProcess(
       saved["args"], saved["returncode"], saved["stdout"], saved["stderr"]),
                    saved["seconds"], saved["cpu_seconds"])

@@ -58,7 +58,7 @@ def mistakes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     return {name: {"args": r.args, "returncode": r.returncode, "stdout": r.stdout,
                    "stderr": r.stderr} for name, r in results.items()}
 
-  _, results = shared_runs.once(tmp_path_factory, "mistakes", run_all)
+  _, results = run_util.once_per_session(tmp_path_factory, "mistakes", run_all)
   return {name: subprocess.CompletedProcess(**r) for name, r in results.items()}
 
 
