@@ -122,8 +122,5 @@ class Model(nn.Module):
                           name=f"stage{i}_block{j}")(x)
     x = x.mean(axis=(1, 2))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    logits = layers.dense(self.num_classes, ("embed", "classes"),
-                          name="classifier",
-                          kernel_init=nn.initializers.lecun_normal(),
-                          dtype=self.dtype, param_dtype=self.param_dtype)(x)
-    return logits.astype(jnp.float32)
+    return layers.classifier_logits(x, self.num_classes, dtype=self.dtype,
+                                    param_dtype=self.param_dtype)

@@ -42,6 +42,19 @@ def dense(features: int, axes: tuple[str | None, str | None], *, name: str,
       dtype=dtype, param_dtype=param_dtype, name=name)
 
 
+def classifier_logits(x: jax.Array, num_classes: int, *, dtype: Dtype,
+                      param_dtype: Dtype) -> jax.Array:
+  """The linear `classifier` head of the non-transformer models, float32 logits.
+
+  LeCun-normal, not the transformers' small truncated normal: features arrive
+  from a ReLU stack or a pool with unit-scale activations.
+  """
+  logits = dense(num_classes, ("embed", "classes"), name="classifier",
+                 kernel_init=nn.initializers.lecun_normal(),
+                 dtype=dtype, param_dtype=param_dtype)(x)
+  return logits.astype(jnp.float32)
+
+
 def norm_layer(kind: str, *, epsilon: float, name: str, dtype: Dtype,
                param_dtype: Dtype) -> nn.Module:
   """LayerNorm or RMSNorm over the last (`embed`) axis."""
