@@ -318,7 +318,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   lr_schedule(start_step)  # Its eager ops compile now, not inside a timed interval.
   tick, tick_step = time.perf_counter(), start_step
   last_save_time, time_to_save = time.monotonic(), False
-  on_cpu = jax.devices()[0].platform == "cpu"
+  # XLA's CPU runtime deadlocks with many queued programs that hold collectives
+  # ("Expected 8 threads to join the rendezvous"), so on several CPU devices at
+  # most two steps are in flight. One device has no collectives; accelerators
+  # queue freely.
+  wait_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
 
   def run_evals(split_names, step):
     # On CPU, two programs with collectives in flight at once can deadlock XLA's
@@ -343,11 +347,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     step = start_step
     for step in range(start_step + 1, sched.total_steps + 1):
       state, step_metrics = train_step(state, next(batches))
-      # On CPU, at most two steps in flight: wait (a wait, not a transfer) for the
-      # previous step. XLA's CPU runtime deadlocks with many queued programs that
-      # hold collectives ("Expected 8 threads to join the rendezvous").
-      # Accelerators queue freely.
-      if on_cpu and pending:
+      if wait_each_step and pending:  # A wait for the previous step, not a fetch.
         jax.block_until_ready(pending[-1][1])
       pending.append((step, step_metrics))
 

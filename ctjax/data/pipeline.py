@@ -29,18 +29,27 @@ Preprocess = Callable[[Example, np.random.Generator | None], Example]
 
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+  permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  permutation.flags.writeable = False  # Cached and handed out as slices.
+  return permutation
 
 
 def train_indices(step: int, *, num_examples: int, global_batch_size: int,
                   seed: int) -> np.ndarray:
   """The source indices of step `step`'s global batch; a pure function."""
-  positions = step * global_batch_size + np.arange(global_batch_size)
-  epochs, within = np.divmod(positions, num_examples)
+  start = step * global_batch_size
+  epoch, offset = divmod(start, num_examples)
+  if offset + global_batch_size <= num_examples:
+    # The batch lies within one epoch (all but about one step per epoch): a slice.
+    # This runs once per step on the host, so it must stay cheap next to a step
+    # that takes a millisecond on an accelerator.
+    return _epoch_permutation(num_examples, seed, epoch)[
+        offset:offset + global_batch_size]
+  epochs, within = np.divmod(start + np.arange(global_batch_size), num_examples)
   indices = np.empty(global_batch_size, np.int64)
-  for epoch in np.unique(epochs):
-    sel = epochs == epoch
-    indices[sel] = _epoch_permutation(num_examples, seed, int(epoch))[within[sel]]
+  for e in np.unique(epochs):
+    sel = epochs == e
+    indices[sel] = _epoch_permutation(num_examples, seed, int(e))[within[sel]]
   return indices
 
 
@@ -85,7 +94,7 @@ def _with_mask(batch: Example, valid: np.ndarray) -> Example:
     shape = (-1,) + (1,) * (batch["mask"].ndim - 1)
     batch["mask"] = batch["mask"].astype(np.float32) * valid.reshape(shape)
   else:
-    batch["mask"] = valid.astype(np.float32)
+    batch["mask"] = valid.astype(np.float32, copy=False)
   return batch
 
 
@@ -96,8 +105,10 @@ def train_batch(loader: BatchLoader, step: int, *, global_batch_size: int,
   rows = local_rows(global_batch_size, process_index, process_count)
   indices = train_indices(step, num_examples=len(loader.source),
                           global_batch_size=global_batch_size, seed=seed)[rows]
-  positions = step * global_batch_size + np.arange(global_batch_size)[rows]
-  rng_keys = np.stack([np.full_like(positions, seed), positions], axis=1)
+  rng_keys = None
+  if loader.preprocess is not None:  # Only preprocessing draws random numbers.
+    positions = step * global_batch_size + np.arange(global_batch_size)[rows]
+    rng_keys = np.stack([np.full_like(positions, seed), positions], axis=1)
   return _with_mask(loader.load(indices, rng_keys),
                     np.ones(len(indices), np.float32))
 
