@@ -45,11 +45,16 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (config, log interval, timed steps). The default config logs every 100
-# steps and the GPT every 40; the GPT is timed logging twice as often.
+# name -> (config, log interval, timed steps, model replacing the config's). The
+# default config logs every 100 steps and the GPT every 40; the GPT is timed logging
+# twice as often. "host" is the default config with a model so small that a step
+# costs the device almost nothing, so the ratio measures the host work per step:
+# what a small model on an accelerator feels, seen on a CPU.
 BENCHMARKS = {
-    "default": ("configs/default.py", 100, 300),
-    "gpt": ("configs/gpt_stdlib.py:size=small", 20, 60),
+    "default": ("configs/default.py", 100, 300, None),
+    "gpt": ("configs/gpt_stdlib.py:size=small", 20, 60, None),
+    "host": ("configs/default.py", 500, 3000,
+             {"name": "mlp", "num_classes": 10, "hidden_sizes": (16,)}),
 }
 
 
@@ -80,6 +85,7 @@ sys.path.insert(0, REPO)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -93,17 +99,20 @@ from ctjax.data import splits as splits_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def load(spec: str, log: int, timed: int):
+def load(spec: str, log: int, timed: int, model: dict | None):
   """The config, set to train 2 * log + timed steps, logging every `log`.
 
   The learning rate warms up over the first `log` steps: the config's own warm-up
   may be longer than this short run.
   """
-  return config_lib.load_config(os.path.join(REPO, spec), [
+  config = config_lib.load_config(os.path.join(REPO, spec), [
       f"train_duration={2 * log + timed}", f"log_every={log}",
       f"optim.schedule.warmup={log}",
       "eval_every=0", "eval_splits=()", "final_eval_splits=()",
       "checkpoint.every=0", "checkpoint.best_metric="])
+  if model is not None:
+    config.model = ml_collections.ConfigDict(model)
+  return config
 
 
 def time_ctjax(config, warmup: int) -> float:
@@ -172,9 +181,9 @@ def main() -> None:
   print(f"{'config':<10} {'steps':>6} {'ctjax steps/s':>14} {'hand steps/s':>13} "
         f"{'ratio':>6} {'best':>6}   all runs (ctjax | hand-written)", flush=True)
   for name in ARGS.only or BENCHMARKS:
-    spec, log, steps = BENCHMARKS[name]
+    spec, log, steps, model = BENCHMARKS[name]
     log, steps = int(log * ARGS.scale), int(steps * ARGS.scale)
-    config, warmup = load(spec, log, steps), 2 * log
+    config, warmup = load(spec, log, steps, model), 2 * log
     ours, hand = [], []
     for i in range(ARGS.repeats):
       # ABBA order: a machine that speeds up or slows down during the run (it
