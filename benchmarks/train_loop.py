@@ -66,6 +66,8 @@ def _parse_args() -> argparse.Namespace:
                       help="runs of each loop per config; the median is reported")
   parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append",
                       help="benchmark only these configs")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override for both loops, e.g. data.prefetch=0")
   parser.add_argument("--scale", type=float, default=1.0,
                       help="multiply the log interval and timed steps (e.g. 10 on "
                       "a GPU, where steps are much faster)")
@@ -109,7 +111,7 @@ def load(spec: str, log: int, timed: int, model: dict | None):
       f"train_duration={2 * log + timed}", f"log_every={log}",
       f"optim.schedule.warmup={log}",
       "eval_every=0", "eval_splits=()", "final_eval_splits=()",
-      "checkpoint.every=0", "checkpoint.best_metric="])
+      "checkpoint.every=0", "checkpoint.best_metric=", *ARGS.set])
   if model is not None:
     config.model = ml_collections.ConfigDict(model)
   return config

@@ -58,7 +58,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.data = dict(source="csv", path=path, label_column="diagnosis",
                 missing="error", standardize=True,
                 split_fractions={"train": 0.7, "validation": 0.15, "test": 0.15},
-                split_seed=0, stratify=True, num_threads=1, prefetch=2)
+                split_seed=0, stratify=True,
+                # In memory, a batch costs less than handing it between threads.
+                num_threads=1, prefetch=0)
   c.model = dict(name="mlp", num_classes=2, hidden_sizes=(64,), dropout=0.1)
   c.batch_size = 32
   c.train_duration = arg.steps

@@ -24,7 +24,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.seed = 0
   c.data = dict(source="sklearn_datasets", name="digits",
                 split_fractions={"train": 0.8, "validation": 0.1, "test": 0.1},
-                split_seed=0, stratify=True, num_threads=1, prefetch=2)
+                split_seed=0, stratify=True,
+                # In memory, a batch costs less than handing it between threads.
+                num_threads=1, prefetch=0)
   c.model = dict(name="cnn", num_classes=10, widths=(32, 64), blocks_per_stage=1,
                  norm_groups=8)
   c.batch_size = 64

@@ -50,7 +50,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.data = dict(source="text", files="stdlib:*.py", seq_len=seq_len,
                 splits={"train": "[0%:90%]", "validation": "[90%:95%]",
                         "test": "[95%:100%]"},
-                num_threads=1, prefetch=2)
+                # Packed text is in memory: a batch costs less than handing
+                # it between threads.
+                num_threads=1, prefetch=0)
   c.model = dict(name="gpt", vocab_size=256, hidden_size=hidden,
                  num_layers=num_layers, num_heads=heads, mlp_dim=4 * hidden)
   c.batch_size = batch

@@ -35,7 +35,7 @@ def base_config() -> ConfigDict:
       "source": "synthetic",
       "splits": {},              # split name -> spec handed to the source
       "num_threads": 4,          # parallel decode threads per process
-      "prefetch": 2,             # batches prepared ahead, on device
+      "prefetch": 2,             # batches prepared ahead in a thread; 0: inline
   })
   c.batch_size = 128             # global, over all processes and devices
   c.grad_accum_steps = 1         # microbatches per step; same update, less memory
