@@ -73,24 +73,27 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     grad_accum_steps: int):
   """The update: k microbatches summed, normalised by the step's real count.
 
-  Losses are sums over real examples (or tokens) divided once by the count over the
+  The loss is a sum over real examples (or tokens) divided by their count over the
   whole global batch, so k microbatches of b give the same update as one batch of
-  k*b, and padding never dilutes the loss.
+  k*b, and padding never dilutes the loss. Dividing the loss rather than the
+  gradients leaves one scalar in the backward pass instead of a division per
+  parameter.
   """
 
-  def loss_sum(params, batch, rng):
+  def normalized_loss(params, batch, rng, denominator):
     logits = model.apply({"params": params}, batch["inputs"], train=True,
                          rngs={"dropout": rng})
     losses = per_example_loss(logits, batch["label"])
-    return jnp.sum(jnp.where(batch["mask"] > 0, losses * batch["mask"], 0.0))
+    return jnp.sum(jnp.where(batch["mask"] > 0, losses * batch["mask"], 0.0)
+                   ) / denominator
 
-  grad_fn = jax.value_and_grad(loss_sum)
+  grad_fn = jax.value_and_grad(normalized_loss)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    count = jnp.sum(batch["mask"])
+    denominator = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
     if grad_accum_steps == 1:
-      total, grads = grad_fn(state["params"], batch, rng)
+      loss, grads = grad_fn(state["params"], batch, rng, denominator)
     else:
       # Microbatch i takes rows i, i+k, i+2k, ...: every device keeps an equal share
       # of every microbatch, so no data moves between devices.
@@ -100,22 +103,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
       def accumulate(carry, xs):
         i, micro = xs
-        value, grads = grad_fn(state["params"], micro, jax.random.fold_in(rng, i))
+        value, grads = grad_fn(state["params"], micro, jax.random.fold_in(rng, i),
+                               denominator)
         return jax.tree.map(jnp.add, carry, (value, grads)), None
 
       zeros = (jnp.zeros((), jnp.float32),
                jax.tree.map(jnp.zeros_like, state["params"]))
-      (total, grads), _ = jax.lax.scan(
+      (loss, grads), _ = jax.lax.scan(
           accumulate, zeros,
           (jnp.arange(grad_accum_steps), jax.tree.map(split, batch)))
-    denominator = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / denominator, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new_state = dict(state, step=state["step"] + 1,
                      params=optax.apply_updates(state["params"], updates),
                      opt_state=opt_state)
-    return new_state, {"loss": total / denominator,
-                       "grad_norm": optax.tree.norm(grads)}
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 

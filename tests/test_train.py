@@ -24,6 +24,7 @@ from sklearn import metrics as sk_metrics
 import run_util
 import shared_runs
 from ctjax import config as config_lib
+from ctjax import errors
 from ctjax import models
 from ctjax import optim
 from ctjax import sharding
@@ -208,6 +209,27 @@ def test_diverging_run_stops_at_the_first_bad_step_and_keeps_good_checkpoints(tm
                   lines[0]), lines[0]
   steps = run_util.checkpoint_steps(workdir)
   assert steps == list(range(2, first_bad, 2)), steps
+
+
+def test_metric_sums_add_up_the_interval_and_keep_the_first_diverged_step():
+  def fake_step(state, batch):  # Metrics read from the batch: any values we like.
+    return dict(state, step=state["step"] + 1), dict(batch)
+
+  step = jax.jit(train.with_metric_sums(fake_step))
+  zeros = train.zero_metric_sums(jax.eval_shape(
+      fake_step, {"step": 0}, {"loss": 0.0, "grad_norm": 0.0})[1])
+  state, sums = {"step": jnp.array(0)}, zeros
+  for loss in (0.5, 1.5, 2.5):
+    state, sums = step(state, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(1)},
+                       sums)
+  assert train._fetch_checked(sums) == {"loss": 4.5, "grad_norm": 3.0}
+
+  # Step 5's gradient norm is the first non-finite value, step 6's loss the next.
+  for loss, grad_norm in ((1.0, 1.0), (1.0, np.nan), (np.inf, 1.0), (1.0, 1.0)):
+    state, sums = step(state, {"loss": jnp.float32(loss),
+                               "grad_norm": jnp.float32(grad_norm)}, sums)
+  with pytest.raises(errors.UserError, match=r"^train/grad_norm is nan at step 5: "):
+    train._fetch_checked(sums)
 
 
 # --- Metrics and logs of the default experiment. -------------------------------------
