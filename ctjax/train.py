@@ -171,46 +171,54 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def with_metric_sums(train_step):
-  """The step, also adding its metrics into running sums kept on the devices.
+@dataclasses.dataclass(frozen=True)
+class MetricSums:
+  """A log interval's step metrics, summed on the devices in one float32 vector.
 
-  The loop fetches these sums once per log (and before each save) instead of every
-  step's metrics: fetching costs tens of microseconds per array, as much as a small
-  model's whole step on an accelerator. The sums also keep the first step whose
-  loss or gradient norm was not finite, and its metrics, so a diverged run is
-  still stopped at the step that diverged. A non-finite gradient norm counts: it
-  poisons the params before the loss shows it.
+  The loop fetches the sums once per log (and before each save) instead of every
+  step's metrics, and the step returns one small vector instead of a few scalars:
+  each array a step returns costs the host microseconds, and each one fetched tens,
+  per step as much as a small model's whole step on an accelerator.
+
+  Layout: [steps, first_bad, sum of each metric..., each metric at first_bad...],
+  where first_bad is the position in the interval (from 1) of the first step with
+  a non-finite metric, 0 if none, so a diverged run is still stopped naming the
+  step that diverged. A non-finite gradient norm counts: it poisons the params
+  before the loss shows it. (float32 counts are exact up to 2**24 steps a log.)
   """
+  names: tuple[str, ...]
 
-  def step(state, batch, sums):
-    state, metrics = train_step(state, batch)
-    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-    first_bad = (sums["bad_step"] < 0) & ~finite
-    return state, {
-        "sum": jax.tree.map(jnp.add, sums["sum"], metrics),
-        "bad_step": jnp.where(first_bad, state["step"], sums["bad_step"]),
-        "bad": jax.tree.map(lambda old, new: jnp.where(first_bad, new, old),
-                            sums["bad"], metrics)}
+  @classmethod
+  def for_metrics(cls, metrics: dict[str, Any]) -> "MetricSums":
+    # The loss first: a diverged run is reported by its loss where it can be.
+    return cls(tuple(sorted(metrics, key=lambda k: (k != "loss", k))))
 
-  return step
+  def zeros(self) -> jax.Array:
+    return jnp.zeros(2 + 2 * len(self.names), jnp.float32)
 
+  def add(self, sums: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
+    """`sums` with one more step's `metrics` (inside the compiled step)."""
+    n = len(self.names)
+    values = jnp.stack([metrics[k].astype(jnp.float32) for k in self.names])
+    steps = sums[0] + 1
+    first_bad = (sums[1] == 0) & ~jnp.all(jnp.isfinite(values))
+    return jnp.concatenate([
+        jnp.stack([steps, jnp.where(first_bad, steps, sums[1])]),
+        sums[2:2 + n] + values,
+        jnp.where(first_bad, values, sums[2 + n:])])
 
-def zero_metric_sums(metric_shapes: dict[str, jax.ShapeDtypeStruct]) -> dict[str, Any]:
-  zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
-  return {"sum": zeros, "bad_step": jnp.array(-1, jnp.int32), "bad": zeros}
-
-
-def _fetch_checked(sums) -> dict[str, float]:
-  """Fetches the metric sums; raises if a step since the last fetch diverged."""
-  sums = jax.device_get(sums)
-  if sums["bad_step"] >= 0:
-    for key in ("loss", "grad_norm"):
-      if not np.isfinite(sums["bad"][key]):
-        raise UserError(f"train/{key} is {float(sums['bad'][key])} at step "
-                        f"{int(sums['bad_step'])}: the run diverged; lower "
-                        "config.optim.lr, enable config.optim.clip_norm or check "
-                        "the data; the last good checkpoint is kept")
-  return {k: float(v) for k, v in sums["sum"].items()}
+  def read(self, sums: jax.Array, first_step: int) -> dict[str, float]:
+    """Fetches the sums of steps first_step+1, ...; raises if one diverged."""
+    sums, n = np.asarray(jax.device_get(sums), np.float64), len(self.names)
+    if sums[1] > 0:
+      step = first_step + int(sums[1])
+      for name, value in zip(self.names, sums[2 + n:]):
+        if not np.isfinite(value):
+          raise UserError(f"train/{name} is {value} at step {step}: the run "
+                          "diverged; lower config.optim.lr, enable "
+                          "config.optim.clip_norm or check the data; the last good "
+                          "checkpoint is kept")
+    return {"steps": int(sums[0]), **dict(zip(self.names, sums[2:2 + n]))}
 
 
 def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
@@ -301,13 +309,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   num_classes = (getattr(model, "num_classes", None)
                  if first_batch["label"].ndim == 1 else None)
   step_fn = make_train_step(model, tx, config.grad_accum_steps)
+
+  def step_with_sums(state, batch, sums):
+    state, metrics = step_fn(state, batch)
+    return state, metric_sums.add(sums, metrics)
+
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    metric_shapes = jax.eval_shape(step_fn, abstract_state, abstract_batch)[1]
-    zero_sums = jax.jit(functools.partial(zero_metric_sums, metric_shapes),
-                        out_shardings=replicated)()
+    metric_sums = MetricSums.for_metrics(
+        jax.eval_shape(step_fn, abstract_state, abstract_batch)[1])
+    zero_sums = jax.jit(metric_sums.zeros, out_shardings=replicated)()
     # The sums are not donated: every log interval starts from these same zeros.
     train_step = jax.jit(
-        with_metric_sums(step_fn),
+        step_with_sums,
         in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=0).lower(abstract_state, abstract_batch, zero_sums).compile()
@@ -369,7 +382,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return results
 
   def save(step, metrics=None, force=False):
-    _fetch_checked(sums)  # Never checkpoint a diverged state.
+    metric_sums.read(sums, first_step=tick_step)  # Never save a diverged state.
     checkpoint.save(manager, state, {"step": step, "seed": config.seed,
                                      "examples_seen": step * config.batch_size},
                     metrics=metrics, force=force)
@@ -383,10 +396,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         jax.block_until_ready(previous_sums)
 
       if sched.log_every and step % sched.log_every == 0 or step == sched.total_steps:
-        metric_sums = _fetch_checked(sums)
+        totals = metric_sums.read(sums, first_step=tick_step)
         now = time.perf_counter()
         steps_per_s = (step - tick_step) / (now - tick)
-        scalars = {f"train/{k}": v / (step - tick_step) for k, v in metric_sums.items()}
+        scalars = {f"train/{k}": totals[k] / totals["steps"]
+                   for k in metric_sums.names}
         scalars["train/lr"] = float(lr_schedule(step - 1))
         scalars["train/steps_per_s"] = steps_per_s
         scalars["train/examples_per_s"] = steps_per_s * config.batch_size

@@ -212,24 +212,25 @@ def test_diverging_run_stops_at_the_first_bad_step_and_keeps_good_checkpoints(tm
 
 
 def test_metric_sums_add_up_the_interval_and_keep_the_first_diverged_step():
-  def fake_step(state, batch):  # Metrics read from the batch: any values we like.
-    return dict(state, step=state["step"] + 1), dict(batch)
+  sums = train.MetricSums.for_metrics({"grad_norm": None, "loss": None})
+  assert sums.names == ("loss", "grad_norm")
+  add = jax.jit(sums.add)
 
-  step = jax.jit(train.with_metric_sums(fake_step))
-  zeros = train.zero_metric_sums(jax.eval_shape(
-      fake_step, {"step": 0}, {"loss": 0.0, "grad_norm": 0.0})[1])
-  state, sums = {"step": jnp.array(0)}, zeros
-  for loss in (0.5, 1.5, 2.5):
-    state, sums = step(state, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(1)},
-                       sums)
-  assert train._fetch_checked(sums) == {"loss": 4.5, "grad_norm": 3.0}
+  def run(first_step, metrics):
+    total = sums.zeros()
+    for loss, grad_norm in metrics:
+      total = add(total, {"loss": jnp.float32(loss), "grad_norm": jnp.float32(grad_norm)})
+    return sums.read(total, first_step=first_step)
 
-  # Step 5's gradient norm is the first non-finite value, step 6's loss the next.
-  for loss, grad_norm in ((1.0, 1.0), (1.0, np.nan), (np.inf, 1.0), (1.0, 1.0)):
-    state, sums = step(state, {"loss": jnp.float32(loss),
-                               "grad_norm": jnp.float32(grad_norm)}, sums)
-  with pytest.raises(errors.UserError, match=r"^train/grad_norm is nan at step 5: "):
-    train._fetch_checked(sums)
+  assert run(0, [(0.5, 1), (1.5, 1), (2.5, 1)]) == {
+      "steps": 3, "loss": 4.5, "grad_norm": 3.0}
+  # Steps 11 to 14: 12's gradient norm is the first non-finite value, 13's loss the
+  # next; the error names the first.
+  with pytest.raises(errors.UserError, match=r"^train/grad_norm is nan at step 12: "):
+    run(10, [(1, 1), (1, np.nan), (np.inf, 1), (1, 1)])
+  # Both at once: the loss is named.
+  with pytest.raises(errors.UserError, match=r"^train/loss is inf at step 12: "):
+    run(10, [(1, 1), (np.inf, np.nan)])
 
 
 # --- Metrics and logs of the default experiment. -------------------------------------
