@@ -69,9 +69,16 @@ def per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
       logits.astype(jnp.float32), labels)
 
 
+# What a train step reports, the loss first: a diverged run is reported by its
+# loss where it can be.
+TRAIN_METRICS = ("loss", "grad_norm")
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     grad_accum_steps: int):
   """The update: k microbatches summed, normalised by the step's real count.
+
+  The step returns the new state and the metrics named in TRAIN_METRICS.
 
   The loss is a sum over real examples (or tokens) divided by their count over the
   whole global batch, so k microbatches of b give the same update as one batch of
@@ -186,18 +193,16 @@ class MetricSums:
   step that diverged. A non-finite gradient norm counts: it poisons the params
   before the loss shows it. (float32 counts are exact up to 2**24 steps a log.)
   """
-  names: tuple[str, ...]
-
-  @classmethod
-  def for_metrics(cls, metrics: dict[str, Any]) -> "MetricSums":
-    # The loss first: a diverged run is reported by its loss where it can be.
-    return cls(tuple(sorted(metrics, key=lambda k: (k != "loss", k))))
+  names: tuple[str, ...] = TRAIN_METRICS
 
   def zeros(self) -> jax.Array:
     return jnp.zeros(2 + 2 * len(self.names), jnp.float32)
 
   def add(self, sums: jax.Array, metrics: dict[str, jax.Array]) -> jax.Array:
     """`sums` with one more step's `metrics` (inside the compiled step)."""
+    if set(metrics) != set(self.names):  # Checked once, when the step is traced.
+      raise ValueError(f"the train step returns metrics {sorted(metrics)}; "
+                       f"MetricSums sums {self.names}: make them agree")
     n = len(self.names)
     values = jnp.stack([metrics[k].astype(jnp.float32) for k in self.names])
     steps = sums[0] + 1
@@ -309,14 +314,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   num_classes = (getattr(model, "num_classes", None)
                  if first_batch["label"].ndim == 1 else None)
   step_fn = make_train_step(model, tx, config.grad_accum_steps)
+  metric_sums = MetricSums()
 
   def step_with_sums(state, batch, sums):
     state, metrics = step_fn(state, batch)
     return state, metric_sums.add(sums, metrics)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    metric_sums = MetricSums.for_metrics(
-        jax.eval_shape(step_fn, abstract_state, abstract_batch)[1])
     zero_sums = jax.jit(metric_sums.zeros, out_shardings=replicated)()
     # The sums are not donated: every log interval starts from these same zeros.
     train_step = jax.jit(

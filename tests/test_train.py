@@ -212,7 +212,7 @@ def test_diverging_run_stops_at_the_first_bad_step_and_keeps_good_checkpoints(tm
 
 
 def test_metric_sums_add_up_the_interval_and_keep_the_first_diverged_step():
-  sums = train.MetricSums.for_metrics({"grad_norm": None, "loss": None})
+  sums = train.MetricSums()
   assert sums.names == ("loss", "grad_norm")
   add = jax.jit(sums.add)
 
