@@ -5,7 +5,14 @@ VENV := .venv
 STAMP := $(VENV)/.ctjax-installed
 WORKDIR ?= runs/default
 
-.PHONY: train test bench clean
+# The tests that compare float work done in different orders (devices, processes,
+# microbatches, a hand-written loop, scikit-learn): `make test-isa` runs them with
+# XLA's CPU code limited to narrower vector units, as other CPUs compute.
+NUMERIC_TESTS := tests/test_train.py tests/test_sharding.py tests/test_multiprocess.py \
+	tests/test_checkpoint.py tests/test_resume.py tests/test_models.py tests/test_optim.py \
+	tests/test_metrics.py tests/test_data_pipeline.py
+
+.PHONY: train test test-isa bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +25,12 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q tests
+
+test-isa: $(STAMP)
+	for isa in AVX2 SSE4_2; do \
+	  XLA_FLAGS=--xla_cpu_max_isa=$$isa $(VENV)/bin/python -m pytest -n 2 -q $(NUMERIC_TESTS) \
+	    || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_loop.py

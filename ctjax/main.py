@@ -1,14 +1,17 @@
 """The `ctjax` command (also `python -m ctjax`).
 
-  ctjax train --config configs/NAME.py[:ARG] [--workdir DIR] [--config.a.b=VALUE ...]
+  ctjax train --config configs/NAME.py[:ARG] [--workdir DIR] [--verbose]
+              [--config.a.b=VALUE ...]
 
 Running the same command again on a workdir resumes it. Mistakes in the config or
-the data print one line naming the key, file or record, and exit with status 2.
+the data print one line naming the key, file or record, and exit with status 2
+(`--verbose` or CTJAX_VERBOSE=1 adds the traceback above it).
 """
 import argparse
 import logging
 import os
 import sys
+import traceback
 
 from ctjax.errors import UserError
 
@@ -40,6 +43,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                      help="configs/NAME.py, optionally :ARG for get_config(ARG)")
   train.add_argument("--workdir", default=None,
                      help="the run's folder (default runs/NAME); rerun to resume")
+  train.add_argument("--verbose", action="store_true",
+                     help="on an error, print the full traceback too (also "
+                     "CTJAX_VERBOSE=1)")
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     config = config_lib.load_config(args.config, overrides)
     train.train(config, args.workdir or default_workdir(args.config))
   except UserError as e:
+    if args.verbose or os.environ.get("CTJAX_VERBOSE", "") not in ("", "0"):
+      traceback.print_exc()
     print(f"ctjax: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 

@@ -22,7 +22,21 @@ MLP = dict(model=dict(name="mlp", num_classes=10, hidden_sizes=(16,)),
                      split_fractions={"train": 0.8, "validation": 0.2}),
            batch_size=32, train_duration=5, final_eval_splits=("validation",))
 
-# name: (config: a path or the dict of a file to write, overrides, what the line names)
+
+
+class Source(str):
+  """The text of an experiment file to write, as a user would have typed it."""
+
+
+def _experiment(body: str) -> Source:
+  """An experiment file whose get_config runs `body` (line 5 is body's first)."""
+  return Source("from ml_collections import ConfigDict\n\n\n"
+                "def get_config(arg=None):\n" +
+                "".join(f"  {line}\n" for line in body.splitlines()))
+
+
+# name: (config: a path, the dict of a file to write or a file's Source, overrides,
+#        what the line names: one string or several)
 MISTAKES = {
     "unknown_key_in_override": (DEFAULT, ["optim.lrr=1"], "optim.lrr"),
     "unknown_key_in_file": (dict(MLP, bach_size=64), [], "bach_size"),
@@ -40,6 +54,20 @@ MISTAKES = {
     "missing_config_file": ("configs/no_such_experiment.py", [],
                             "configs/no_such_experiment.py"),
     "bad_config_argument": (DEFAULT + ":foo=1", [], "foo"),
+    # The config file's own mistakes: file and line, what went wrong, what to do.
+    "group_field_set_alone": (
+        _experiment("c = ConfigDict()\nc.optim.lr = 1e-3\nreturn c"), [],
+        ("group_field_set_alone.py:6: config.optim is not set",
+         "write `c.optim = dict(lr=1e-3)`", "c = base_config()")),
+    "name_error": (_experiment("c = ConfigDict(batch_size=bach)\nreturn c"), [],
+                   ("name_error.py:5: NameError: name 'bach' is not defined",)),
+    "syntax_error": (_experiment("c = ConfigDict(\nreturn c"), [],
+                     ("syntax_error.py:5: SyntaxError",)),
+    "get_config_without_parameter": (
+        Source("def get_config():\n  return {}\n"), [], "get_config() cannot be called"),
+    "no_get_config": (Source("config = {}\n"), [], "defines no get_config"),
+    "get_config_returns_nothing": (_experiment("c = dict(batch_size=8)"), [],
+                                   "get_config returned NoneType"),
 }
 
 
@@ -52,6 +80,11 @@ def mistakes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     for name, (config, overrides, _) in MISTAKES.items():
       if isinstance(config, dict):
         config = run_util.write_config(folder, config, name=f"{name}.py")
+      elif isinstance(config, Source):
+        (folder / f"{name}.py").write_text(config)
+        # The argument reaches get_config(arg=None) but not get_config().
+        config = str(folder / f"{name}.py") + (
+            ":size=2" if name == "get_config_without_parameter" else "")
       runs[name] = run_util.start(config, folder / name,
                                   dict(o.split("=", 1) for o in overrides), devices=8)
     results = {name: run_util.finish(run, check=False) for name, run in runs.items()}
@@ -69,12 +102,29 @@ def test_config_mistake_stops_before_compiling_with_one_line(mistakes, name):
   assert result.returncode == 2, result.stderr
   assert len(lines) == 1, result.stderr
   assert lines[0].startswith("ctjax: error: "), lines[0]
-  assert named in lines[0], lines[0]
+  for part in (named,) if isinstance(named, str) else named:
+    assert part in lines[0], lines[0]
   # Nothing was compiled: the compiled step's memory report comes first thing after
   # compilation, after the parameter overview.
   assert "train step memory" not in result.stdout
   assert "parameters:" not in result.stdout
   assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_verbose_shows_the_traceback_of_a_config_file_mistake(tmp_path):
+  """--verbose and CTJAX_VERBOSE=1 add the traceback above the one line."""
+  path = tmp_path / "experiment.py"
+  path.write_text(MISTAKES["group_field_set_alone"][0])
+  runs = [run_util.start(path, tmp_path / "verbose", devices=1,
+                         extra_args=["--verbose"]),
+          run_util.start(path, tmp_path / "env", devices=1,
+                         extra_env={"CTJAX_VERBOSE": "1"})]
+  for run in runs:
+    result = run_util.finish(run, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert 'experiment.py", line 6, in get_config' in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("ctjax: error: "), result.stderr
 
 
 def test_unrecognised_argument_is_a_usage_error():

@@ -127,3 +127,37 @@ def test_config_json_reloads_to_the_same_config():
     if key not in config_lib.OPEN_KEYS:
       assert reloaded[key] == config[key], key
   assert reloaded.sharding_rules[0] == ("batch", ("data", "fsdp"))
+
+
+def test_experiment_may_start_from_base_config_and_set_fields_one_by_one(tmp_path):
+  """`c = base_config(); c.optim.lr = ...` loads to the config of the same
+  experiment written as differences (`c.optim = dict(lr=...)`)."""
+  header = ("from ml_collections import ConfigDict\n"
+            "from ctjax.config import base_config\n\n\n"
+            "def get_config(arg=None):\n")
+  (tmp_path / "pieces.py").write_text(header + (
+      "  c = base_config()\n"
+      "  c.optim.lr = 0.5\n"
+      "  c.optim.schedule.warmup = '3 steps'\n"
+      "  c.model.name = 'cnn'\n"
+      "  c.model.num_classes = 3\n"
+      "  c.data.source = 'sklearn_datasets'\n"
+      "  c.data.name = 'digits'\n"
+      "  return c\n"))
+  (tmp_path / "differences.py").write_text(header + (
+      "  c = ConfigDict()\n"
+      "  c.optim = dict(lr=0.5, schedule=dict(warmup='3 steps'))\n"
+      "  c.model = dict(name='cnn', num_classes=3)\n"
+      "  c.data = dict(source='sklearn_datasets', name='digits')\n"
+      "  return c\n"))
+  pieces = config_lib.load_config(str(tmp_path / "pieces.py"))
+  assert pieces.optim.lr == 0.5 and pieces.optim.name == "adamw"
+  assert pieces.data.num_threads == config_lib.base_config().data.num_threads
+  assert (config_lib.to_json(pieces) ==
+          config_lib.to_json(config_lib.load_config(str(tmp_path / "differences.py"))))
+  # A typo is refused as in an experiment of differences.
+  with (tmp_path / "pieces.py").open("a") as f:
+    f.write("\n\ndef get_config(arg=None):\n  c = base_config()\n"
+            "  c.optim.lrr = 0.5\n  return c\n")
+  with pytest.raises(UserError, match=r"config\.optim\.lrr: unknown key"):
+    config_lib.load_config(str(tmp_path / "pieces.py"))

@@ -7,7 +7,10 @@
   model's own predictions);
 - a diverging run stops at the first non-finite loss and checkpoints nothing after;
 - metrics.jsonl, TensorBoard and stdout carry what the workdir contract says;
-- the default experiment reaches 0.97 test accuracy within a minute of CPU time.
+- the default experiment reaches 0.97 test accuracy.
+
+Runs that do the same float32 work in another order (microbatches, 8 devices against
+a plain loop on one) are compared within bounds derived in tests/tolerances.py.
 """
 import re
 
@@ -23,6 +26,7 @@ from sklearn import metrics as sk_metrics
 
 import run_util
 import shared_runs
+import tolerances
 from ctjax import config as config_lib
 from ctjax import errors
 from ctjax import models
@@ -61,8 +65,13 @@ def _reference_update(model, tx, params, batch):
   return optax.apply_updates(params, updates), loss
 
 
-def _check_accumulation(model, batch, grad_accum_steps):
-  """One ctjax train step with k microbatches against the reference update."""
+def _check_accumulation(model, batch, grad_accum_steps, sum_terms):
+  """One ctjax train step with k microbatches against the reference update.
+
+  `sum_terms` counts the reorderable float32 terms on the path to the loss and the
+  gradients (tests/tolerances.py): the only difference from the reference is the
+  order of those sums.
+  """
   tx = _sgd()
   init = jax.jit(lambda key, x: model.init(key, x, train=False))
   params = nn.meta.unbox(init(jax.random.PRNGKey(0), batch["inputs"][:1]))["params"]
@@ -72,9 +81,15 @@ def _check_accumulation(model, batch, grad_accum_steps):
   new_state, metrics = step(state, batch)
   want_params, want_loss = jax.jit(
       lambda p, b: _reference_update(model, tx, p, b))(params, batch)
-  np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-6)
-  run_util.assert_trees_close(new_state["params"], want_params, rtol=1e-5, atol=1e-6)
-  # The update is large enough that normalising by the wrong count would show.
+  rtol = tolerances.sum_rtol(sum_terms)
+  np.testing.assert_allclose(metrics["loss"], want_loss, rtol=rtol)
+  # SGD at lr 1: the update is minus the gradient, compared normwise (a gradient
+  # entry's rounding is relative to the magnitudes it sums, not to itself).
+  update = lambda new: jax.tree.map(np.subtract, new, params)
+  tolerances.assert_close_normwise(update(new_state["params"]), update(want_params),
+                                   rtol)
+  # The update is large enough that normalising by the wrong count would show: a
+  # wrong count changes it by a factor, far beyond rounding.
   change = jax.tree.map(lambda a, b: np.abs(a - b).max(), want_params, params)
   assert max(jax.tree.leaves(change)) > 1e-2
 
@@ -92,9 +107,11 @@ def test_microbatches_give_the_update_of_one_batch(grad_accum_steps):
   # Padding holds garbage that would change the result if it leaked in.
   inputs[mask == 0] = 100.0
   batch = {"inputs": inputs, "label": labels, "mask": mask}
+  # Terms: 16 rows, and per row forward and backward the 6- and 8-input products
+  # and the 5-way softmax: 16 + 2 * (6 + 8 + 5) = 54.
   _check_accumulation(models.get_model({"name": "mlp", "num_classes": 5,
                                         "hidden_sizes": (8,)}), batch,
-                      grad_accum_steps)
+                      grad_accum_steps, sum_terms=54)
 
 
 def test_microbatches_of_token_sequences_give_the_update_of_one_batch():
@@ -107,7 +124,10 @@ def test_microbatches_of_token_sequences_give_the_update_of_one_batch():
   batch = {"inputs": tokens[:, :-1], "label": tokens[:, 1:], "mask": mask}
   model = models.get_model({"name": "gpt", "vocab_size": 16, "hidden_size": 16,
                             "num_layers": 1, "num_heads": 2, "mlp_dim": 32})
-  _check_accumulation(model, batch, grad_accum_steps=2)
+  # Terms: 32 tokens, and per token forward and backward about 180: norms and
+  # products over 16 and 32 features, attention over 8 positions of 8-wide heads,
+  # the 16-way softmax.
+  _check_accumulation(model, batch, grad_accum_steps=2, sum_terms=32 + 2 * 180)
 
 
 def test_accumulating_two_microbatches_keeps_the_loss_curve(tmp_path_factory):
@@ -117,10 +137,18 @@ def test_accumulating_two_microbatches_keeps_the_loss_curve(tmp_path_factory):
                         shared_runs.short_default_run(
                             tmp_path_factory, "--config.grad_accum_steps=2"))]
   assert sorted(curves[0]) == list(range(1, 21))
-  # Summation order is the only difference: measured, at most 2e-7 relative.
-  np.testing.assert_allclose([curves[1][s] for s in curves[0]], list(curves[0].values()),
-                             rtol=1e-5)
+  # Summation order is the only difference. Measured: at most 2e-7 relative on an
+  # AMD EPYC, 1.2e-5 on an Intel Xeon with AVX-512; the bound at step 20 is 1.1e-3.
+  # Dropping or double-counting a microbatch changes the very first step's loss
+  # by far more than its bound, 5e-5.
+  tolerances.assert_curves_close(curves[1], curves[0], n=CNN_SUM_TERMS)
 
+
+# The default CNN on 8x8 digits, per example forward: convolutions summing 9, 288
+# (x4) and 576 inputs and a 32-input shortcut, GroupNorm groups of 256 (x3) and 128
+# (x3), a 16-pixel pool, a 64-input classifier and a 10-way softmax: about 2,720
+# terms; as many backward; and a batch of 64.
+CNN_SUM_TERMS = 64 + 2 * 2_720
 
 # --- The trainer against a hand-written loop. ---------------------------------------
 
@@ -180,10 +208,14 @@ def test_trainer_matches_a_hand_written_loop(tmp_path):
   losses = run_util.curve(workdir)
   want_losses, want_params = hand_written_sgd(lr=0.1, steps=20)
   assert sorted(losses) == list(range(1, 21))
-  # Data-parallel sums in another order: measured, at most 1.2e-7 relative.
-  np.testing.assert_allclose(list(losses.values()), want_losses, rtol=1e-5)
-  run_util.assert_trees_close(run_util.saved_state(workdir)["params"], want_params,
-                              rtol=1e-4, atol=1e-6)
+  # Data-parallel sums in another order. Terms: a batch of 32, and per example
+  # forward and backward the 64- and 32-input products and the 10-way softmax:
+  # 32 + 2 * 106. Measured: at most 1.2e-7 relative; the bound at step 20 is 2.2e-4.
+  sum_terms = 32 + 2 * 106
+  tolerances.assert_curves_close(losses, dict(enumerate(want_losses, start=1)),
+                                 n=sum_terms)
+  tolerances.assert_close_normwise(run_util.saved_state(workdir)["params"],
+                                   want_params, tolerances.curve_rtol(20, sum_terms))
   assert want_losses[-1] < 0.85 * want_losses[0]  # it trains: a curve worth comparing
 
 
@@ -251,17 +283,17 @@ def default_run(tmp_path_factory) -> shared_runs.SharedRun:
 
 # `make train` runs on the machine's one CPU device; tests see 8.
 @pytest.mark.parametrize("devices", [1, 8])
-def test_default_experiment_reaches_97_percent_within_a_minute(tmp_path_factory,
-                                                               devices):
+def test_default_experiment_reaches_97_percent_test_accuracy(tmp_path_factory,
+                                                             devices):
   run = _default_experiment(tmp_path_factory, devices)
   workdir = run.dir / "run"
   final = run_util.metrics(workdir)[-1]
   assert final["step"] == 600
   assert final["test/accuracy"] >= 0.97, final
-  # The claim is "under 60 s on a 2-core CPU". Wall-clock time here depends on what
-  # else the machine runs (another test worker, say), so the bound is on the run's
-  # CPU time, which an unshared machine turns into at most as much wall-clock time.
-  assert run.cpu_seconds < 60, (run.cpu_seconds, run.seconds)
+  # Its speed is measured by benchmarks/train_loop.py and stated in the config's
+  # docstring (~22 s); this is only a loose guard against a run gone pathological
+  # (recompiling every step, say), ten times what it takes.
+  assert run.cpu_seconds < 300, (run.cpu_seconds, run.seconds)
   assert run_util.checkpoint_steps(workdir)[-1] == 600
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -292,8 +324,9 @@ def test_tensorboard_holds_the_metrics(default_run):
     board = {e.step: float(tensor_util.make_ndarray(e.tensor_proto))
              for e in events.Tensors(tag)}
     assert sorted(board) == sorted(logged), tag
+    # TensorBoard stores float32: within one rounding of the JSON's float64.
     np.testing.assert_allclose([board[s] for s in logged], list(logged.values()),
-                               rtol=1e-6, err_msg=tag)
+                               rtol=tolerances.U32, err_msg=tag)
 
 
 def test_stdout_shows_mesh_parameters_memory_and_progress(default_run):
@@ -361,15 +394,26 @@ def test_evaluation_is_exact_whatever_the_eval_batch_size(default_run):
     probabilities /= probabilities.sum(1, keepdims=True)
     want_accuracy = sk_metrics.accuracy_score(examples["label"], logits.argmax(1))
     want_loss = sk_metrics.log_loss(examples["label"], probabilities, labels=range(10))
+    want_f1 = sk_metrics.f1_score(examples["label"], logits.argmax(1), average="macro")
+    # Evaluation sums the forward pass in another order (other batch shapes, 8
+    # devices): each logit within sum_rtol of the largest (tests/tolerances.py),
+    # each example's loss within twice that (-log softmax moves by at most
+    # |p - onehot|_1 <= 2 times the largest logit change), the mean within one sum
+    # of the split's losses more. Predictions whose top two logits are further apart
+    # than the logits can move stay the same, so accuracy and F1 are exact; the
+    # model is confident enough that every one is.
+    logit_error = tolerances.sum_rtol(CNN_SUM_TERMS) * np.abs(logits).max()
+    top_two = np.sort(logits, axis=1)[:, -2:]
+    assert (top_two[:, 1] - top_two[:, 0]).min() > 2 * logit_error
+    loss_error = 2 * logit_error + tolerances.sum_rtol(len(source)) * want_loss
     # What the run logged, with eval batches of 64 ...
-    assert logged[f"{name}/accuracy"] == pytest.approx(want_accuracy, abs=1e-12)
-    assert logged[f"{name}/loss"] == pytest.approx(want_loss, rel=1e-4)
+    assert logged[f"{name}/accuracy"] == want_accuracy
+    assert logged[f"{name}/loss"] == pytest.approx(want_loss, abs=loss_error)
     # ... and evaluation with other batch sizes, one larger than the split.
     for batch_size in (8, 48, 64, 256):
       got = train.evaluate(eval_step, params, pipeline.BatchLoader(source, num_threads=1),
                            mesh, batch_size=batch_size, split=name, bits_per_byte=False)
-      assert got[f"{name}/accuracy"] == pytest.approx(want_accuracy, abs=1e-12)
-      assert got[f"{name}/loss"] == pytest.approx(want_loss, rel=1e-4)
-      assert got[f"{name}/macro_f1"] == pytest.approx(
-          sk_metrics.f1_score(examples["label"], logits.argmax(1), average="macro"),
-          abs=1e-6)
+      assert got[f"{name}/accuracy"] == want_accuracy
+      assert got[f"{name}/loss"] == pytest.approx(want_loss, abs=loss_error)
+      # F1 from the same predictions: float64 arithmetic on equal counts.
+      assert got[f"{name}/macro_f1"] == pytest.approx(want_f1, rel=1e-12)
