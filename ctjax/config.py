@@ -6,13 +6,26 @@ the reference of every option there is. Loading merges the experiment into the
 base, applies `--config.a.b=VALUE` overrides, and validates; every mistake is a
 `UserError` naming the key, raised before anything compiles.
 
+Two ways to write an experiment, both supported:
+
+  c = ConfigDict()                      c = base_config()
+  c.optim = dict(lr=1e-3)               c.optim.lr = 1e-3
+
+On the left the file holds only the differences (a group set as a dict is merged
+into its defaults, so the other optim fields keep theirs); on the right it starts
+from every default and sets fields one by one. Typos fail alike in both: a key the
+base lacks is refused when the experiment is merged.
+
 `config.model` and `config.data` are open: their keys are the chosen model's fields
 (checked against `ctjax.models.NAME.Model`) and the chosen source's options.
 """
 import ast
 import importlib.util
+import inspect
 import json
 import os
+import re
+import traceback
 from typing import Any
 
 from ml_collections import ConfigDict
@@ -224,17 +237,82 @@ def load_config(spec: str, overrides: list[str] = ()) -> ConfigDict:
   if not os.path.isfile(path):
     raise UserError(f"--config {path}: no such file; give a path like "
                     "configs/default.py")
-  module_spec = importlib.util.spec_from_file_location("ctjax_experiment", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise UserError(f"--config {path}: defines no get_config(arg)")
-  experiment = module.get_config(arg or None)
+  experiment = run_experiment_file(path, arg or None)
   config = base_config()
   _check_and_merge(config, experiment)
   for override in overrides:
     apply_override(config, override)
   return config
+
+
+def run_experiment_file(path: str, arg: str | None) -> ConfigDict:
+  """Runs the experiment file's `get_config(arg)`; returns what it returns.
+
+  The file is Python and runs as code. Its own mistakes (a syntax error, a name
+  error, a field of a group it has not set, a `get_config` that cannot take the
+  argument) become one UserError naming the file and line and what to do; the
+  original exception is kept as its cause, for `--verbose`.
+  """
+  try:
+    module_spec = importlib.util.spec_from_file_location("ctjax_experiment", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+      raise UserError(f"--config {path}: defines no get_config(arg); add "
+                      "`def get_config(arg=None):` returning a ConfigDict")
+    experiment = get_config(*_get_config_args(get_config, arg, path))
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(_describe_experiment_error(path, e)) from e
+  if not isinstance(experiment, (ConfigDict, dict)):
+    raise UserError(f"{path}: get_config returned {type(experiment).__name__}; "
+                    "return a ConfigDict (or a dict)")
+  return ConfigDict(experiment) if isinstance(experiment, dict) else experiment
+
+
+def _get_config_args(get_config: Any, arg: str | None, path: str) -> tuple[Any, ...]:
+  """The arguments to call `get_config` with: (arg,), or () for `get_config()`."""
+  signature = inspect.signature(get_config)
+  for args in ((arg,), ()) if arg is None else ((arg,),):
+    try:
+      signature.bind(*args)
+      return args
+    except TypeError:
+      pass
+  given = f"the argument {arg!r} (from --config {path}:{arg})" if arg else "no argument"
+  raise UserError(f"{path}: get_config{signature} cannot be called with {given}; "
+                  "define it as `def get_config(arg=None):`")
+
+
+def _describe_experiment_error(path: str, error: Exception) -> str:
+  """One line for an exception raised by an experiment file: where, what, what to do."""
+  if isinstance(error, SyntaxError):
+    return (f"{error.filename or path}:{error.lineno}: {type(error).__name__}: "
+            f"{error.msg}; fix the file (python -m py_compile {path} shows where)")
+  where, line = path, ""
+  for frame in reversed(traceback.extract_tb(error.__traceback__)):
+    if os.path.abspath(frame.filename) == os.path.abspath(path):
+      where, line = f"{path}:{frame.lineno}", (frame.line or "").strip()
+      break
+  message = str(error).strip("\"'")
+  missing_group = re.fullmatch(r"'?(\w+)'?", message)
+  if (isinstance(error, (AttributeError, KeyError)) and missing_group
+      and missing_group[1] in base_config()):
+    # `c.optim.lr = 1e-3` on an experiment's own ConfigDict, which has no `optim`
+    # until the file sets one: experiments hold only what differs from the base.
+    group = missing_group[1]
+    assignment = re.fullmatch(rf"(\w+)\.{group}\.(\w+)\s*=\s*(.+)", line)
+    example = (f"{assignment[1]}.{group} = dict({assignment[2]}={assignment[3]})"
+               if assignment else f"c.{group} = dict(...)")
+    return (f"{where}: config.{group} is not set in this file's ConfigDict, so its "
+            f"fields cannot be set one by one; a config holds only what differs "
+            f"from base_config(): write `{example}` (the other {group} fields keep "
+            "their defaults), or start from `c = base_config()` (from "
+            "ctjax.config import base_config)")
+  return (f"{where}: {type(error).__name__}: {message}; fix the config file "
+          "(ctjax train --verbose shows the traceback)")
 
 
 def apply_override(config: ConfigDict, override: str) -> None:

@@ -56,6 +56,11 @@ GPT_CONFIG = {
     "optim": {"lr": 3e-3},
     "checkpoint": {"every": 5, "keep": 2},
 }
+# Reorderable float32 terms on the path to GPT_CONFIG's loss (tests/tolerances.py):
+# 16 x 32 tokens, and per token forward about 910 (per layer norms and products
+# over 32 and 64 features, attention over 32 positions of 8-wide heads; the final
+# norm and the 256-way softmax), as many backward.
+GPT_SUM_TERMS = 16 * 32 + 2 * 910
 MLP_CONFIG = {
     "seed": 0,
     "data": {"source": "sklearn_datasets", "name": "digits", "split_seed": 0,
@@ -65,6 +70,9 @@ MLP_CONFIG = {
     "batch_size": 32, "train_duration": 10, "log_every": 1, "eval_every": 0,
     "eval_splits": ("validation",), "final_eval_splits": ("validation",),
 }
+# The same for MLP_CONFIG: a batch of 32, and per example forward the 64-, 64- and
+# 32-input products and the 10-way softmax, as many backward.
+MLP_SUM_TERMS = 32 + 2 * 170
 
 
 def env(devices: int = 8, **extra: str) -> dict[str, str]:
@@ -126,10 +134,12 @@ class Run:
 
 
 def start(config: str, workdir: os.PathLike, overrides: Overrides = None, *,
-          devices: int = 8, extra_env: dict[str, str] | None = None) -> Run:
-  """Starts a run without waiting for it."""
+          devices: int = 8, extra_env: dict[str, str] | None = None,
+          extra_args: list[str] = ()) -> Run:
+  """Starts a run without waiting for it; `extra_args` follow the command's own."""
   stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-  process = subprocess.Popen(command(config, workdir, overrides), cwd=REPO,
+  process = subprocess.Popen([*command(config, workdir, overrides), *extra_args],
+                             cwd=REPO,
                              env=env(devices, **(extra_env or {})),
                              stdout=stdout, stderr=stderr, text=True)
   return Run(process, stdout, stderr)
