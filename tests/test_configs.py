@@ -39,7 +39,7 @@ def test_gpt_stdlib_reports_bits_per_byte_that_decrease(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet_cifar10", "vit_imagenet"])
 def test_tfds_config_trains_evaluates_and_checkpoints_on_mock_data(name, tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds  # A dependency: missing is a failure, not a skip.
   config = config_lib.load_config(
       str(run_util.REPO / f"configs/{name}.py") + ":size=tiny,steps=4",
       ["log_every=2", "eval_every=2", "checkpoint.every=2"])

@@ -145,15 +145,71 @@ def _write_jsonl(path, records):
   return str(path)
 
 
-def test_jsonl_classification_with_bytes(tmp_path):
-  path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "héllo", "label": "pos"},
-                                             {"text": "a long text", "label": "neg"}])
+def test_jsonl_bytes_pads_short_texts_with_the_pad_id_and_truncates_long_ones(
+    tmp_path):
+  texts = ["hi", "héllo", "a long text"]  # 2 bytes, 6 (é is 2), 11
+  path = _write_jsonl(tmp_path / "d.jsonl", [{"text": t, "label": l} for t, l in
+                                             zip(texts, ["pos", "neg", "pos"])])
   splits = _open(source="jsonl", splits={"train": path}, seq_len=6)
-  got = _all(splits["train"])
-  np.testing.assert_array_equal(got["inputs"], [
-      list("héllo".encode()) + [0] * 0, list(b"a long")])
-  np.testing.assert_array_equal(got["label"], [1, 0])
   assert splits["train"].vocab_size == 256
+  got = pipeline.train_batch(pipeline.BatchLoader(splits["train"], num_threads=1),
+                             0, global_batch_size=3, seed=0)
+  order = pipeline.train_indices(0, num_examples=3, global_batch_size=3, seed=0)
+  want = np.array([[104, 105, 0, 0, 0, 0],  # "hi", then the byte pad id 0
+                   list("héllo".encode("utf-8")),  # exactly 6 bytes
+                   list(b"a long")])  # cut to 6 bytes
+  np.testing.assert_array_equal(got["inputs"], want[order])
+  assert got["inputs"].dtype == np.int32
+  np.testing.assert_array_equal(got["label"], np.array([1, 0, 1])[order])
+  # Every example is real: padding inside a sequence is the model's to mask (by
+  # its pad_token_id), not the loss's.
+  np.testing.assert_array_equal(got["mask"], [1, 1, 1])
+
+
+def test_bert_attends_to_no_byte_padding(tmp_path):
+  """A short text's encoding does not depend on how far it is padded.
+
+  The source pads with id 0 and BERT (pad_token_id=0) hides id 0 from attention,
+  so padding to 6 or to 16 must give the same [CLS] features; were the pads seen,
+  the extra keys would change every attention average.
+  """
+  import flax.linen as nn
+  import jax
+  from ctjax.models import bert
+  path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "hi", "label": 0},
+                                             {"text": "abc", "label": 1}])
+  short, long = (_all(_open(source="jsonl", splits={"train": path},
+                            seq_len=n)["train"])["inputs"] for n in (6, 16))
+  np.testing.assert_array_equal(long[:, :6], short)
+  np.testing.assert_array_equal(long[:, 6:], 0)
+  model = bert.Model(num_classes=3, vocab_size=256, hidden_size=16, num_layers=2,
+                     num_heads=2, intermediate_size=32, dropout=0.0)
+  # Random parameters of the model's shapes, drawn here: compiling the model's own
+  # initialiser takes longer than the rest of this file. Weights of 0.3 make
+  # attention far from uniform, so that any pad it saw would show.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda x: rng.normal(0, 0.3, x.shape).astype(x.dtype),
+      nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), short)))
+
+  @jax.jit
+  def pooler_input(tokens):  # The pooler's projection of [CLS].
+    _, state = model.apply(params, tokens, capture_intermediates=lambda m, _: (
+        m.name == "pooler"), mutable=["intermediates"])
+    return state["intermediates"]["pooler"]["__call__"][0]
+
+  def cls_features(tokens):
+    return np.asarray(pooler_input(tokens))
+
+  features = cls_features(short)  # Of size ~1 with these weights.
+  # Visible tokens in place of the padding change them (by ~0.2), thousands of
+  # times the tolerance below.
+  assert np.abs(cls_features(np.where(short == 0, 7, short)) - features).max() > 0.05
+  # Masked keys add exactly 0 to each softmax; what may differ is only the order
+  # of the float32 reductions (6 vs 16 terms): a few ulps of values ~1 (ulp
+  # 1.2e-7) per reduction, through two layers of attention, MLP and LayerNorm:
+  # within 1e-5 (measured 2e-7).
+  np.testing.assert_allclose(cls_features(long), features, rtol=0, atol=1e-5)
 
 
 def test_jsonl_classification_with_tokenizer_json_matches_tokenizers(tmp_path):
@@ -170,6 +226,18 @@ def test_jsonl_classification_with_tokenizer_json_matches_tokenizers(tmp_path):
     np.testing.assert_array_equal(row, ids + [0] * (5 - len(ids)))
   assert got["inputs"][1, -1] == 3  # The truncated text still ends in [SEP].
   np.testing.assert_array_equal(got["label"], [0, 1, 0])
+
+
+def test_jsonl_tokenizer_json_pads_with_its_own_pad_id(tmp_path):
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  vocab = {"[UNK]": 0, "the": 1, "cat": 2, "[PAD]": 3}
+  tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  tokenizer.save(str(tmp_path / "tokenizer.json"))
+  path = _write_jsonl(tmp_path / "d.jsonl", [{"text": "the cat", "label": 0}])
+  splits = _open(source="jsonl", splits={"train": path}, seq_len=5,
+                 tokenizer=str(tmp_path / "tokenizer.json"))
+  np.testing.assert_array_equal(_all(splits["train"])["inputs"], [[1, 2, 3, 3, 3]])
 
 
 def test_jsonl_language_modelling_packs_documents_with_boundary_mask(tmp_path):
@@ -251,14 +319,59 @@ def test_image_folder_decodes_pngs_and_numbers_classes_by_sorted_name(tmp_path):
   np.testing.assert_array_equal(_all(splits["validation"])["label"], [1])
 
 
-def test_image_folder_resizes_jpegs_to_uint8_greyscale(tmp_path):
-  _write_images(tmp_path / "all", {"a": 4, "b": 4}, size=(40, 30), fmt="JPEG")
-  splits = _open(source="image_folder", path=str(tmp_path / "all"), image_size=8,
-                 channels=1, dtype="uint8", stratify=True,
+def test_image_folder_greyscale_and_rgb_are_pillows_convert_and_resize(tmp_path):
+  written = _write_images(tmp_path / "all", {"a": 4, "b": 4}, size=(30, 40))
+  options = dict(path=str(tmp_path / "all"), stratify=True, image_size=(8, 10),
                  split_fractions={"train": 0.5, "validation": 0.5})
-  got = _all(splits["train"])
-  assert got["inputs"].shape == (4, 8, 8, 1) and got["inputs"].dtype == np.uint8
-  assert sorted(_all(splits["validation"])["label"]) == [0, 0, 1, 1]
+  grey = _open(source="image_folder", channels=1, dtype="uint8", **options)
+  rgb = _open(source="image_folder", channels=3, **options)
+  paths = sorted(written)  # a/0..3, b/0..3: the source's order
+  for split in ("train", "validation"):
+    indices = grey[split].indices
+    np.testing.assert_array_equal(indices, rgb[split].indices)
+    got_grey, got_rgb = _all(grey[split]), _all(rgb[split])
+    assert got_grey["inputs"].shape == (4, 8, 10, 1)
+    assert got_grey["inputs"].dtype == np.uint8
+    assert sorted(got_grey["label"]) == [0, 0, 1, 1]
+    for row, i in enumerate(indices):
+      image = Image.open(paths[i])
+      # PNG: Pillow's own conversion (ITU-R 601 luma) and bilinear resize, so
+      # equal bit for bit; float32 images are those bytes / 255.
+      want = np.asarray(image.convert("L").resize((10, 8), Image.BILINEAR))
+      np.testing.assert_array_equal(got_grey["inputs"][row, ..., 0], want)
+      want = np.asarray(image.convert("RGB").resize((10, 8), Image.BILINEAR))
+      np.testing.assert_array_equal(got_rgb["inputs"][row],
+                                    want.astype(np.float32) / np.float32(255))
+
+
+def test_image_folder_shrinks_jpegs_by_averaging_pillows_full_size_decode(tmp_path):
+  """A JPEG shrunk by a whole factor is decoded at that scale: an area average.
+
+  PIL's draft mode lets the JPEG decoder scale 4x4 blocks down in the DCT domain
+  (and take the luma channel straight out for greyscale), several times cheaper
+  than decoding every pixel and filtering; so a JPEG shrunk 4x is the 4x4 area
+  average of its full-size decode rather than Pillow's bilinear resize (which
+  differs from that average by a few levels on this image). Both averages come
+  from the same coefficients: they differ by the rounding of the scaled inverse
+  DCT and of the average, under 1 level for greyscale; for RGB the colour
+  conversion is rounded at either scale too, within 2. (Chroma is stored at full
+  resolution, subsampling=0: halved chroma would be upsampled differently at the
+  two scales.) A decoder that mixed up channels, size or orientation would be off
+  by tens.
+  """
+  y, x = np.mgrid[0:32, 0:40] / np.array([32.0, 40.0])[:, None, None]
+  pixels = np.stack([255 * x, 255 * y, 127 + 100 * np.sin(3 * x + 2 * y)], -1)
+  os.makedirs(tmp_path / "jpegs" / "c")
+  path = tmp_path / "jpegs" / "c" / "smooth.jpg"
+  Image.fromarray(pixels.round().astype(np.uint8)).save(path, quality=90,
+                                                        subsampling=0)
+  for channels, mode, levels in ((1, "L", 1), (3, "RGB", 2)):
+    splits = _open(source="image_folder", splits={"train": str(tmp_path / "jpegs")},
+                   image_size=(8, 10), channels=channels, dtype="uint8")
+    got = _all(splits["train"])["inputs"][0].astype(float)
+    full = np.asarray(Image.open(path).convert(mode), float).reshape(32, 40, -1)
+    area_average = full.reshape(8, 4, 10, 4, channels).mean(axis=(1, 3))
+    assert np.abs(got - area_average).max() <= levels, mode
 
 
 # --- Arrays -------------------------------------------------------------------------

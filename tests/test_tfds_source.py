@@ -8,12 +8,14 @@ same order, for the same split string.
 from ml_collections import ConfigDict
 import numpy as np
 import pytest
+# Required dependencies (tensorflow-datasets, and TensorFlow in the test extra):
+# a broken install must fail here, not skip the module.
+import tensorflow_datasets as tfds
 
 from ctjax.data import splits as splits_lib
 from ctjax.data.sources import tfds as tfds_source
 from ctjax.errors import UserError
 
-tfds = pytest.importorskip("tensorflow_datasets")
 NUM_EXAMPLES = 40
 
 

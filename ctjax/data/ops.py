@@ -19,6 +19,7 @@ integer labels (`optax.softmax_cross_entropy_with_integer_labels`), and integer
 labels are what the metrics count.
 """
 import ast
+import inspect
 import operator
 from collections.abc import Callable, Sequence
 
@@ -61,7 +62,10 @@ def parse(spec: str) -> Op:
     raise UserError(f"config.data.preprocess: cannot parse {spec!r}; write ops like "
                     "'resize(32)' or 'flip_lr'") from None
   factory = globals().get(name)
-  if name.startswith("_") or name in ("parse", "compose") or not callable(factory):
+  # Only the ops defined here: not the names this module imports (np, UserError)
+  # or its type aliases, which are callable too.
+  if (name.startswith("_") or name in ("parse", "compose") or
+      not inspect.isfunction(factory) or factory.__module__ != __name__):
     raise UserError(f"config.data.preprocess: unknown op {name!r} in {spec!r}; ops are "
                     "the functions in ctjax/data/ops.py")
   try:
@@ -72,13 +76,24 @@ def parse(spec: str) -> Op:
 
 def compose(specs: Sequence[str] | None) -> Op | None:
   """All ops in order, as one; None when there are none (the fast path)."""
-  ops = [parse(s) for s in specs or ()]
+  specs = list(specs or ())
+  ops = [parse(s) for s in specs]
   if not ops:
     return None
 
   def run(example: Example, rng: np.random.Generator | None) -> Example:
-    for op in ops:
-      example = op(example, rng)
+    for spec, op in zip(specs, ops):
+      try:
+        example = op(example, rng)
+      except UserError:
+        raise
+      except (ValueError, TypeError, IndexError, KeyError) as e:
+        # An op that does not fit the data (a mean per channel for another number
+        # of channels, a missing key): the first batch is read before anything
+        # compiles, so this names the op instead of showing a traceback.
+        raise UserError(f"config.data.preprocess: {spec!r} does not fit the "
+                        f"examples ({type(e).__name__}: {e}); fix its arguments "
+                        "or the ops before it") from None
     return example
   return run
 
@@ -118,6 +133,10 @@ def random_crop(size: int, padding: int = 0, key: str = "inputs") -> Op:
     if padding:
       x = np.pad(x, ((padding, padding), (padding, padding), (0, 0)))
     h, w = x.shape[:2]
+    if h < size or w < size:
+      raise UserError(f"config.data.preprocess: random_crop({size}, padding="
+                      f"{padding}): the image is {h}x{w} after padding, smaller "
+                      "than the crop; resize first, or crop less")
     if rng is None:
       top, left = (h - size) // 2, (w - size) // 2
     else:
@@ -137,7 +156,11 @@ def decode(channels: int = 3, key: str = "inputs") -> Op:
 
 
 def resize(size: int | Sequence[int], key: str = "inputs") -> Op:
-  """Resizes a uint8 image to size x size, or (height, width), bilinear."""
+  """Resizes an image to size x size, or (height, width), bilinear.
+
+  uint8 images stay uint8; float images (after `scale` or `normalize`) are
+  resized in float32.
+  """
   return _map_key(key, lambda x: images.resize(x, size))
 
 

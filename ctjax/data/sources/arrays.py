@@ -15,6 +15,7 @@ token targets with a `mask` array for language modelling).
 """
 import os
 from typing import Any
+import zipfile
 
 import numpy as np
 
@@ -55,23 +56,53 @@ def _load_folder(folder: str, keys: dict[str, str]) -> dict[str, np.ndarray]:
       present = sorted(f for f in os.listdir(folder) if f.endswith(".npy"))
       raise UserError(f"{path}: no such file (config.data.keys.{key}={name!r}); "
                       f"the folder has {', '.join(present) or 'no .npy files'}")
+    with open(path, "rb") as f:
+      _refuse_objects(f, path)
     try:
-      arrays[key] = np.load(path, mmap_mode="r")
+      arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
       raise UserError(f"{path}: not a NumPy .npy array ({e}); save it with "
                       "np.save") from None
   return arrays
 
 
+def _refuse_objects(f, where: str) -> None:
+  """A UserError if the .npy file `f` holds Python objects (a pickle).
+
+  Only the header is read. `allow_pickle=False` on every np.load is the guard;
+  this check turns NumPy's terse refusal into a line that says what to do.
+  """
+  try:
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                   np.lib.format.read_array_header_2_0)
+    dtype = read_header(f)[2]
+  except ValueError:
+    return  # Not a .npy header: np.load says why, below.
+  if dtype.hasobject:
+    raise UserError(f"{where}: holds Python objects (dtype {dtype}), which NumPy "
+                    "stores as a pickle; ctjax reads data files as data only "
+                    "(unpickling can run code); save numeric arrays, e.g. "
+                    "np.asarray(x, np.float32)")
+
+
 def _load_npz(path: str, keys: dict[str, str]) -> dict[str, np.ndarray]:
   try:
-    with np.load(path) as npz:
+    npz = np.load(path, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # A .npy under another name.
+      raise UserError(f"{path}: holds one array, not a .npz archive of named "
+                      "arrays; save it with np.savez(path, inputs=..., "
+                      "label=...), or give a folder of .npy files")
+    with npz:
       for key, name in keys.items():
         if name not in npz.files:
           raise UserError(f"{path}: no array {name!r} (config.data.keys.{key}); it "
                           f"has {', '.join(npz.files)}")
+        member = f"{name}.npy" if f"{name}.npy" in npz.zip.namelist() else name
+        with npz.zip.open(member) as f:
+          _refuse_objects(f, f"{path} (array {name!r})")
       return {key: npz[name] for key, name in keys.items()}
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, zipfile.BadZipFile) as e:
     raise UserError(f"{path}: not a readable .npz file ({e}); save it with "
                     "np.savez") from None
 
