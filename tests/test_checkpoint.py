@@ -145,6 +145,12 @@ def assert_params_close_to_reference(workdir, reference):
                                    CROSS_DEVICE_RTOL)
 
 
+def tree_snapshot(directory) -> dict[str, tuple[int, int]]:
+  """{relative path: (size, mtime in ns)} of every file and folder under `directory`."""
+  return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in sorted(directory.rglob("*"))}
+
+
 def test_rerun_on_one_device_resumes_checkpoint_from_eight(reference, tmp_path):
   workdir = tmp_path / "run"
   step = truncated_copy(reference, workdir)
@@ -158,12 +164,16 @@ def test_resume_from_another_run_on_four_devices_continues_at_its_step(
     reference, tmp_path):
   other = tmp_path / "other"
   step = truncated_copy(reference, other)
+  before = tree_snapshot(other)
   workdir = tmp_path / "run"
   result = run_util.train(config_of(reference), workdir, {"resume": str(other)},
                           devices=4)
   assert "over 4 cpu devices" in result.stdout
   assert first_trained_step(result.stdout) == step + 1
   assert_params_close_to_reference(workdir, reference)
+  # The run read the other workdir and wrote only its own: its retention policy
+  # (keep 2) pruned nothing there, and no file was touched.
+  assert tree_snapshot(other) == before
 
 
 def test_model_init_loads_params_keeps_skipped_head_fresh(reference, tmp_path):
@@ -172,10 +182,12 @@ def test_model_init_loads_params_keeps_skipped_head_fresh(reference, tmp_path):
   learning rate keeps the parameters as they were loaded, to compare exactly."""
   workdir = tmp_path / "run"
   num_steps = 3
+  before = tree_snapshot(reference)
   run_util.train(config_of(reference), workdir, {
       "model_init": str(reference), "model_init_skip": ("^classifier/",),
       "model.num_classes": 12, "optim.lr": 0.0, "train_duration": num_steps})
   assert min(run_util.curve(workdir)) == 1
+  assert tree_snapshot(reference) == before  # Read, never written.
   state = run_util.saved_state(workdir)
   pretrained = run_util.saved_state(reference, STEPS)["params"]
   assert state["step"] == num_steps
