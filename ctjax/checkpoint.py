@@ -8,16 +8,137 @@ A checkpoint holds two items:
 
 Orbax writes each step to a temporary folder and renames it when complete, so a run
 killed mid-save leaves the previous checkpoint intact and the partial one ignored.
+
+Restoring takes the newest checkpoint that reads back whole: it must carry the
+markers Orbax writes only once everything is written (`_check_complete`), and then
+restore for real, which reads every array and so finds truncated or missing array
+files and missing metadata. One that fails is named in one warning line on stderr
+and the one before it is tried; in the run's own workdir it is then renamed to
+`<step>.damaged`, kept for a person to look at and out of the way of the step
+being saved again. If none can be read, a UserError names the folder.
+
+A disk that fills up during a save stops the run with one line naming the folder
+and the space a checkpoint needs (a UserError, exit status 2), where Orbax would
+print its background thread's tracebacks; the checkpoints already written stay.
 """
+import contextlib
+import errno
+import json
+import logging
 import os
 import re
-from typing import Any
+import shutil
+import sys
+from typing import Any, Callable, Iterator, TypeVar
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ctjax.errors import UserError
+
+Restored = TypeVar("Restored")
+DAMAGED_SUFFIX = ".damaged"
+# What Orbax 0.12 writes last, in this order, before it renames
+# `<step>.orbax-checkpoint-tmp` to `<step>`: each item's commit_success.txt (its
+# folder is renamed likewise), the commit time in _CHECKPOINT_METADATA, and the
+# step's own commit_success.txt. Orbax lists a step once renamed (on a bucket,
+# once its commit_success.txt is there); a folder that lacks any of them was
+# renamed or copied before it was complete, or has lost files since.
+COMMIT_MARKERS = ("state/commit_success.txt", "data/commit_success.txt",
+                  "commit_success.txt")
+STEP_METADATA = "_CHECKPOINT_METADATA"
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _Damaged(Exception):
+  """A checkpoint folder that is incomplete or cannot be read back."""
+
+
+class _Manager(ocp.CheckpointManager):
+  """Orbax's CheckpointManager, reporting a full disk as one line (UserError).
+
+  Saves are asynchronous: a write that fails for lack of space raises from Orbax's
+  background thread at the next save, wait or close, which all wait here.
+  """
+  # The byte size of the last state saved: about what a checkpoint needs on disk.
+  checkpoint_bytes = 0
+
+  def wait_until_finished(self) -> None:
+    with _full_disk_as_user_error(self):
+      super().wait_until_finished()
+
+  def close(self) -> None:
+    with _full_disk_as_user_error(self):
+      super().close()
+
+
+def _is_out_of_space(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it came from, is a full disk or quota.
+
+  Python's own writes raise OSError(ENOSPC); TensorStore (the array files) raises
+  a ValueError carrying the system's message.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE_ERRNOS:
+      return True
+    if any(os.strerror(code) in str(error) for code in _OUT_OF_SPACE_ERRNOS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _without_full_disk_tracebacks(record: logging.LogRecord) -> bool:
+  """Orbax logs a failed background save with its traceback before raising it
+  (and asyncio the failed writes nobody awaited); a full disk is then reported in
+  one line, so these tracebacks are left out."""
+  return not (record.exc_info and _is_out_of_space(record.exc_info[1]))
+
+
+for _logger in ("absl", "asyncio"):
+  logging.getLogger(_logger).addFilter(_without_full_disk_tracebacks)
+
+
+@contextlib.contextmanager
+def _full_disk_as_user_error(manager: _Manager) -> Iterator[None]:
+  """Turns a full disk or quota, however deep, into one line naming the space."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not _is_out_of_space(e):
+      raise
+    manager.reload()  # The steps on disk: the failed one is not among them.
+    last = manager.latest_step()
+    directory = str(manager.directory)
+    # The state's size is the estimate; the last checkpoint on disk, where there
+    # is one, adds what Orbax writes around the arrays (metadata, indices).
+    sizes = f"the train state holds {_mib(manager.checkpoint_bytes)}"
+    needed = manager.checkpoint_bytes
+    if last is not None and os.path.isdir(os.path.join(directory, str(last))):
+      on_disk = _folder_bytes(os.path.join(directory, str(last)))
+      sizes += f", step {last}'s checkpoint takes {_mib(on_disk)}"
+      needed = max(needed, on_disk)
+    free = (f"; {_mib(shutil.disk_usage(directory).free)} is free there"
+            if os.path.isdir(directory) else "")
+    raise UserError(
+        f"no space left on the device of {directory} to save a checkpoint: one "
+        f"needs about {_mib(needed)} ({sizes}){free}; make room (or lower "
+        "config.checkpoint.keep) and run the same command again to resume from "
+        f"{'the start' if last is None else f'step {last}'}") from None
+
+
+def _folder_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
+
+
+def _mib(num_bytes: int) -> str:
+  return f"{num_bytes / 2**20:,.2f} MiB"
 
 
 def checkpoint_dir(path: str) -> str:
@@ -46,7 +167,7 @@ def make_manager(directory: str, checkpoint_config: Any | None = None, *,
       read_only=read_only, create=not read_only)
   # Handlers named up front, so that a fresh manager (a restarted run, or another
   # run's folder) can read item metadata before anything is restored.
-  return ocp.CheckpointManager(directory, options=options, item_handlers={
+  return _Manager(directory, options=options, item_handlers={
       "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
 
@@ -54,32 +175,134 @@ def save(manager: ocp.CheckpointManager, state: Any, position: dict[str, int], *
          metrics: dict[str, float] | None = None, force: bool = False) -> None:
   """Starts saving `state` at its step; all processes must call this together."""
   step = int(position["step"])
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(position)),
-               metrics=metrics, force=force)
+  manager.checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  with _full_disk_as_user_error(manager):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(position)),
+                 metrics=metrics, force=force)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any,
-            step: int | None = None) -> tuple[Any, dict[str, int]]:
-  """Restores state (with the shardings of `abstract_state`) and input position.
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, *,
+            set_aside_damaged: bool = False) -> tuple[Any, dict[str, int]]:
+  """Restores the newest readable checkpoint: state (with the shardings of
+  `abstract_state`) and input position.
 
   `abstract_state` leaves are jax.ShapeDtypeStruct with shardings for *this* run's
-  mesh, so a checkpoint written on 8 devices restores onto 1 or 4.
+  mesh, so a checkpoint written on 8 devices restores onto 1 or 4. Damaged
+  checkpoints are skipped (see the module's docstring); with `set_aside_damaged`
+  (the run's own folder) they are renamed `<step>.damaged`.
   """
-  step = manager.latest_step() if step is None else step
-  _check_compatible(manager, step, abstract_state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item=abstract_state,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
-      data=ocp.args.JsonRestore()))
-  return restored["state"], dict(restored["data"])
+  def restore_step(step: int) -> tuple[Any, dict[str, int]]:
+    _check_compatible(manager, step, abstract_state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=abstract_state,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+        data=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["data"])
+
+  return _newest_readable(manager, restore_step, set_aside_damaged=set_aside_damaged)
+
+
+def _newest_readable(manager: ocp.CheckpointManager,
+                     restore_step: Callable[[int], Restored], *,
+                     set_aside_damaged: bool) -> Restored:
+  """`restore_step(step)` of the newest checkpoint that is complete and reads back.
+
+  Every process runs this and sees the same files, so all skip the same steps;
+  process 0 reports them. (An array shard that only some processes read is the
+  exception: a process that fails on it leaves the others waiting in Orbax's
+  restore barrier until its timeout.)
+  """
+  damaged = []  # (step folder, what is wrong), newest first.
+  for step in sorted(manager.all_steps(), reverse=True):
+    path = manager.directory / str(step)
+    try:
+      _check_complete(path)
+      restored = restore_step(step)
+    except UserError:  # Another model's checkpoint: a mistake to fix, not damage.
+      raise
+    # Orbax and TensorStore raise many types for missing or truncated files.
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append((path, _reason(e)))
+      continue
+    set_aside = (_set_aside(manager, [p for p, _ in damaged]) if set_aside_damaged
+                 else {})
+    for damaged_path, reason in damaged:
+      done = (f"renamed it {set_aside[damaged_path].name}"
+              if damaged_path in set_aside else "skipped it")
+      _warn(f"checkpoint {damaged_path} is damaged ({reason}); {done}; resuming "
+            f"from step {step}")
+    return restored
+  for damaged_path, reason in damaged:
+    _warn(f"checkpoint {damaged_path} is damaged ({reason})")
+  raise UserError(f"checkpoint folder {manager.directory}: none of its "
+                  f"{len(damaged)} checkpoint(s) can be read (see the warnings "
+                  "above); move the folder away to start again, or repair it")
+
+
+def _warn(message: str) -> None:
+  if jax.process_index() == 0:
+    print(f"ctjax: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_complete(path) -> None:
+  """Raises _Damaged unless Orbax finished writing the step folder `path`."""
+  for marker in COMMIT_MARKERS:
+    if not (path / marker).exists():
+      raise _Damaged(f"{marker} is missing: it was never completely written, or "
+                     "files were lost since")
+  if not (path / STEP_METADATA).exists():
+    raise _Damaged(f"{STEP_METADATA} is missing")
+  try:
+    committed = json.loads((path / STEP_METADATA).read_text()).get(
+        "commit_timestamp_nsecs")
+  except (OSError, ValueError) as e:
+    raise _Damaged(f"{STEP_METADATA} cannot be read: {e}") from e
+  if not committed:
+    raise _Damaged(f"{STEP_METADATA} has no commit time: it was never finalised")
+
+
+def _reason(error: BaseException) -> str:
+  """What is wrong, in a line: ours, or the innermost error's first line (those
+  of TensorStore name the file and the array)."""
+  if isinstance(error, _Damaged):
+    return str(error)
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = text.split(" [tensorstore_spec=")[0]
+  text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _set_aside(manager: ocp.CheckpointManager, paths: list) -> dict:
+  """Renames damaged step folders `<step>.damaged` (or `.damaged-2`, ...); returns
+  {old path: new path} on process 0, which renames. Not deleted, since a person
+  may want to look; out of Orbax's way, since it refuses to save a step whose
+  folder exists, and skips saving steps below the newest it sees."""
+  renamed = {}
+  if jax.process_index() == 0:
+    for path in paths:
+      target, n = path.parent / (path.name + DAMAGED_SUFFIX), 1
+      while target.exists():
+        n += 1
+        target = path.parent / f"{path.name}{DAMAGED_SUFFIX}-{n}"
+      path.rename(target)
+      renamed[path] = target
+  if paths:
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("ctjax: damaged checkpoints set aside")
+    manager.reload()
+  return renamed
 
 
 def _check_compatible(manager: ocp.CheckpointManager, step: int,
                       abstract_state: Any, only: str | None = None) -> None:
   """Refuses a checkpoint of another model with one line naming a parameter."""
   saved = manager.item_metadata(step)["state"]
+  if saved is None:
+    raise _Damaged("state/_METADATA, the tree's metadata, is missing or unreadable")
   expected = abstract_state if only is None else {only: abstract_state[only]}
   saved = saved if only is None else {only: saved.get(only)}
   saved_shapes = {_path(p): tuple(getattr(x, "shape", ()))
@@ -110,23 +333,27 @@ def restore_params(path: str, abstract_params: Any, init_params: Any,
   """Loads params from another run (model_init); `skip` regexes keep `init_params`.
 
   Parameters matching a skip pattern (say a new classifier head for a different
-  number of classes) are neither read nor shape-checked.
+  number of classes) are neither read nor shape-checked. Damaged checkpoints are
+  skipped for older ones, as in `restore`.
   """
   manager = make_manager(checkpoint_dir(path), read_only=True)
-  step = manager.latest_step()
-  if step is None:
+  if manager.latest_step() is None:
     raise UserError(f"config.model_init={path!r}: no checkpoint there; give a ctjax "
                     "workdir or its checkpoints folder")
   flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   keep = {_path(p): not any(re.search(s, _path(p)) for s in skip) for p, _ in flat}
   wanted = jax.tree_util.tree_map_with_path(
       lambda p, x: x if keep[_path(p)] else None, abstract_params)
-  _check_compatible(manager, step, {"params": wanted}, only="params")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item={"params": wanted},
-          restore_args={"params": ocp.checkpoint_utils.construct_restore_args(wanted)},
-          partial_restore=True)))["state"]["params"]
+
+  def restore_step(step: int) -> Any:
+    _check_compatible(manager, step, {"params": wanted}, only="params")
+    restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={"params": wanted}, restore_args={"params": restore_args},
+            partial_restore=True)))["state"]["params"]
+
+  restored = _newest_readable(manager, restore_step, set_aside_damaged=False)
   return jax.tree_util.tree_map_with_path(
       lambda p, new, old: new if keep[_path(p)] else old,
       restored, init_params, is_leaf=lambda x: x is None)
@@ -143,7 +370,8 @@ def restore_or_initialize(workdir_manager: ocp.CheckpointManager, config: Any,
   4. from scratch. `init_state` is a function making the fresh, sharded state.
   """
   if workdir_manager.latest_step() is not None:
-    state, position = restore(workdir_manager, abstract_state)
+    state, position = restore(workdir_manager, abstract_state,
+                              set_aside_damaged=True)
     return state, position, f"resumed from {workdir_manager.directory} step {position['step']}"
   if config.resume:
     other = make_manager(checkpoint_dir(config.resume), read_only=True)

@@ -96,6 +96,11 @@ def base_config() -> ConfigDict:
   c.resume = ""
   c.model_init = ""
   c.model_init_skip = ()
+  # A hung run (no training step or evaluation batch for this many minutes) prints
+  # every thread's stack and exits with status 3, for a scheduler to restart it.
+  # Set it above the longest step, evaluation batch or checkpoint write; 0 is off.
+  # See ctjax/watchdog.py.
+  c.watchdog_minutes = 0.0
   return c
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -31,6 +31,7 @@ from ctjax import metrics as metrics_lib
 from ctjax import models
 from ctjax import optim
 from ctjax import sharding
+from ctjax import watchdog
 from ctjax import writers
 from ctjax.data import ops
 from ctjax.data import pipeline
@@ -161,7 +162,12 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    # With several processes, jax.distributed.initialize has installed JAX's own
+    # SIGTERM handler (the preemption notifier, in C++); a Python handler would
+    # replace it, and no process would ever reach the preemption sync point.
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -175,7 +181,8 @@ class _Preemption:
     return self.requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,8 +234,12 @@ class MetricSums:
 
 
 def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
-             batch_size: int, split: str, bits_per_byte: bool) -> dict[str, float]:
-  """Exact metrics over a whole split (padded, masked, summed across hosts)."""
+             batch_size: int, split: str, bits_per_byte: bool,
+             on_batch: Callable[[], None] = lambda: None) -> dict[str, float]:
+  """Exact metrics over a whole split (padded, masked, summed across hosts).
+
+  `on_batch` is called as each batch is dispatched (the trainer marks progress).
+  """
   stats = None
   for local in pipeline.eval_batches(loader, global_batch_size=batch_size,
                                      process_index=jax.process_index(),
@@ -241,6 +252,7 @@ def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
     if stats is not None:
       jax.block_until_ready(stats)
     s = eval_step(params, batch)
+    on_batch()
     stats = s if stats is None else metrics_lib.merge(stats, s)
   summary = metrics_lib.summarize(jax.device_get(stats), bits_per_byte=bits_per_byte)
   return {f"{split}/{k}": v for k, v in summary.items()}
@@ -380,7 +392,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     for name in split_names:
       results.update(evaluate(eval_step, state["params"], loaders[name], mesh,
                               batch_size=eval_batch_size, split=name,
-                              bits_per_byte=config.bits_per_byte))
+                              bits_per_byte=config.bits_per_byte,
+                              on_batch=hang_watchdog.step_finished))
     writer.write(step, results)
     info(f"step {step}: {writers.format_scalars(results)}")
     return results
@@ -391,11 +404,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                      "examples_seen": step * config.batch_size},
                     metrics=metrics, force=force)
 
+  # A hung run prints every thread's stack and exits (config.watchdog_minutes).
+  hang_watchdog = watchdog.Watchdog(config.watchdog_minutes)
   try:
+    hang_watchdog.start()
     step = start_step
     for step in range(start_step + 1, sched.total_steps + 1):
       previous_sums = sums
       state, sums = train_step(state, next(batches), sums)
+      hang_watchdog.step_finished()
       if wait_each_step:  # A wait for the previous step, not a fetch.
         jax.block_until_ready(previous_sums)
 
@@ -425,14 +442,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       is_last = step == sched.total_steps
       if sched.eval_every and step % sched.eval_every == 0 and not is_last:
         last_eval = run_evals(config.eval_splits, step)
-      if (sched.checkpoint_every and step % sched.checkpoint_every == 0
-          and not is_last) or time_to_save:
+      # The last step is saved after the final evaluation, and a step saves once:
+      # Orbax refuses a second save of a step.
+      saved = False
+      if ((sched.checkpoint_every and step % sched.checkpoint_every == 0)
+          or time_to_save) and not is_last:
         save(step, metrics=last_eval if sched.eval_every and
              step % sched.eval_every == 0 else None)
-        last_save_time, time_to_save = time.monotonic(), False
+        last_save_time, time_to_save, saved = time.monotonic(), False, True
       if preemption.reached(step, manager) and not is_last:
         info(f"SIGTERM: saving step {step} and stopping; run again to resume")
-        save(step, force=True)
+        if not saved:
+          save(step, force=True)
         manager.wait_until_finished()
         return {}
 
@@ -445,3 +466,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     preemption.restore()
     writer.close()
     manager.close()
+    hang_watchdog.stop()

@@ -5,6 +5,7 @@ Flags already in the environment are kept (`make test-isa` runs the suite with
 `--xla_cpu_max_isa=AVX2`, say); subprocesses started by tests inherit them.
 """
 import os
+import tempfile
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in _flags:
@@ -16,3 +17,11 @@ if "--xla_cpu_collective_call_terminate_timeout_seconds" not in _flags:
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the test processes and every `ctjax` they
+# start (tests/run_util.py): a program compiled once is loaded, not recompiled.
+# The cache returns the executable the compiler would build, so results are
+# unchanged; only start-up gets faster.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "ctjax-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")

@@ -36,7 +36,10 @@ import orbax.checkpoint as ocp
 from ctjax import checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), "ctjax-tests-jax-cache")
+# conftest.py sets it for the test process; runs started here share it.
+COMPILATION_CACHE = os.environ.get(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), "ctjax-tests-jax-cache"))
 # Generous: start-up alone is ~5 s, and two test workers share two cores.
 TIMEOUT_S = 300
 
@@ -239,6 +242,11 @@ def curve(workdir: os.PathLike, key: str = "train/loss") -> dict[int, float]:
   return {r["step"]: r[key] for r in metrics(workdir) if key in r}
 
 
+def first_trained_step(stdout: str) -> int:
+  """The first step a run trained, from its progress lines ("step N/TOTAL ...")."""
+  return int(re.search(r"^step (\d+)/", stdout, re.M)[1])
+
+
 def checkpoint_steps(workdir: os.PathLike) -> list[int]:
   """Steps of the finalised checkpoints in WORKDIR/checkpoints, ascending.
 
@@ -278,3 +286,28 @@ def assert_trees_close(actual: Any, expected: Any, *, rtol: float = 0.0,
     else:
       np.testing.assert_allclose(actual[path], want, rtol=rtol, atol=atol,
                                  err_msg=path)
+
+
+def start_python(prelude: str, config: str, workdir: os.PathLike,
+                 overrides: Overrides = None, *, devices: int = 8,
+                 extra_env: dict[str, str] | None = None) -> Run:
+  """Starts `ctjax train` in a process that first runs the Python code `prelude`:
+  to inject a fault (patch a function to hang) or to hide a package."""
+  args = command(config, workdir, overrides)
+  args[1:3] = ["-c", f"{prelude}\nfrom ctjax import main\nmain.main()\n"]
+  stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+  process = subprocess.Popen(args, cwd=REPO, env=env(devices, **(extra_env or {})),
+                             stdout=stdout, stderr=stderr, text=True)
+  return Run(process, stdout, stderr)
+
+
+def output_so_far(file: IO[str]) -> str:
+  """What a running process has written to its `stdout` or `stderr` file.
+
+  Read through a file opened anew, never by seeking `file` itself: the process
+  writes at the offset it shares with `file`, and moving it back would make the
+  process overwrite its own output.
+  """
+  with open(f"/proc/self/fd/{file.fileno()}", encoding="utf-8",
+            errors="replace") as reopened:
+    return reopened.read()

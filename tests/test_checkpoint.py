@@ -68,16 +68,11 @@ def partial_saves(workdir) -> list[str]:
   return [p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name]
 
 
-def first_trained_step(stdout: str) -> int:
-  """The first step a run trained, from its progress lines ("step N/TOTAL ...")."""
-  return int(re.search(r"^step (\d+)/", stdout, re.M)[1])
-
-
 def assert_completes_like_reference(config: str, workdir, reference,
                                     resumes_at: int) -> None:
   """Reruns the command on `workdir`; it must continue and end as the reference."""
   rerun = run_util.train(config, workdir)
-  assert first_trained_step(rerun.stdout) == resumes_at + 1
+  assert run_util.first_trained_step(rerun.stdout) == resumes_at + 1
   run_util.assert_trees_close(run_util.saved_state(workdir, STEPS),
                               run_util.saved_state(reference, STEPS))
   # Later records of a step (the rerun's) replace the interrupted run's.
@@ -156,7 +151,7 @@ def test_rerun_on_one_device_resumes_checkpoint_from_eight(reference, tmp_path):
   step = truncated_copy(reference, workdir)
   rerun = run_util.train(config_of(reference), workdir, devices=1)
   assert "over 1 cpu devices" in rerun.stdout
-  assert first_trained_step(rerun.stdout) == step + 1
+  assert run_util.first_trained_step(rerun.stdout) == step + 1
   assert_params_close_to_reference(workdir, reference)
 
 
@@ -169,7 +164,7 @@ def test_resume_from_another_run_on_four_devices_continues_at_its_step(
   result = run_util.train(config_of(reference), workdir, {"resume": str(other)},
                           devices=4)
   assert "over 4 cpu devices" in result.stdout
-  assert first_trained_step(result.stdout) == step + 1
+  assert run_util.first_trained_step(result.stdout) == step + 1
   assert_params_close_to_reference(workdir, reference)
   # The run read the other workdir and wrote only its own: its retention policy
   # (keep 2) pruned nothing there, and no file was touched.
