@@ -20,6 +20,10 @@ being saved again. If none can be read, a UserError names the folder.
 A disk that fills up during a save stops the run with one line naming the folder
 and the space a checkpoint needs (a UserError, exit status 2), where Orbax would
 print its background thread's tracebacks; the checkpoints already written stay.
+
+For both, importing this module quiets what Orbax, asyncio and TensorStore print
+about the failure on their own (log records of a full disk, reports of abandoned
+reads and writes), so that ctjax's line is what a person reads.
 """
 import contextlib
 import errno
@@ -29,6 +33,7 @@ import os
 import re
 import shutil
 import sys
+import types
 from typing import Any, Callable, Iterator, TypeVar
 
 import jax
@@ -100,6 +105,26 @@ def _without_full_disk_tracebacks(record: logging.LogRecord) -> bool:
 
 for _logger in ("absl", "asyncio"):
   logging.getLogger(_logger).addFilter(_without_full_disk_tracebacks)
+
+
+_report_unraisable = sys.unraisablehook
+
+
+def _without_abandoned_io(unraisable: Any) -> None:
+  """Once one array of a checkpoint fails to read or write, Orbax abandons the
+  others and closes its event loop. Python then reports, whenever they are
+  collected, each abandoned read that failed too (with TensorStore's whole spec:
+  dozens of lines), and TensorStore each one it finishes on the closed loop. The
+  failure itself is reported in one line; these reports are left out."""
+  abandoned = (isinstance(unraisable.object, types.CoroutineType)
+               and f"{os.sep}orbax{os.sep}" in unraisable.object.cr_code.co_filename)
+  finished_late = (isinstance(unraisable.exc_value, RuntimeError)
+                   and str(unraisable.exc_value) == "Event loop is closed")
+  if not (abandoned or finished_late):
+    _report_unraisable(unraisable)
+
+
+sys.unraisablehook = _without_abandoned_io
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ docstring says what each one does and checks. Every trial hurts a real `ctjax
 train` subprocess (a small MLP, 60 steps, 8 CPU devices) and compares the end with
 an uninterrupted reference run, bit for bit where the work is the same.
 """
+import gc
 import shutil
 import sys
 
@@ -45,6 +46,11 @@ def test_damaged_newest_checkpoints_are_set_aside_and_run_ends_bit_identical(
   assert_nothing_lost(faults.damage_trial(setup, tmp_path / "run", kinds))
 
 
+# Once one array of a checkpoint fails to read, Orbax abandons the other reads;
+# Python reports each (failing on the same damage) when it is collected. ctjax
+# leaves these reports out, but pytest puts its own hook in place during a test,
+# which makes them warnings; the test collects them before it ends.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_readable_checkpoint_is_one_error_naming_the_folder(setup, tmp_path,
                                                                 capsys):
   """Every checkpoint damaged, one kind each: restore names each (newest first),
@@ -65,6 +71,7 @@ def test_no_readable_checkpoint_is_one_error_naming_the_folder(setup, tmp_path,
   with pytest.raises(UserError, match=f"checkpoint folder {workdir}/checkpoints: "
                      "none of its 5 checkpoint"):
     checkpoint.restore(manager, abstract, set_aside_damaged=True)
+  gc.collect()
   warnings = [l for l in capsys.readouterr().err.splitlines()
               if l.startswith("ctjax: warning:")]
   assert [l.split()[3] for l in warnings] == [
@@ -84,9 +91,10 @@ def test_watchdog_ends_a_hung_run_with_every_stack(setup, tmp_path):
 
 
 def test_survivor_of_a_killed_peer_exits_and_both_resume(setup, tmp_path):
-  """Process 1 of 2 killed after the first checkpoint. With the watchdog at 12 s
-  the survivor ends in seconds (gloo's abort, or the watchdog); without it JAX's
-  coordination service ends it after ~100 s (benchmarks/README.md)."""
+  """Process 1 of 2 killed after the first checkpoint. Process 0 waits in a
+  collective until JAX's coordination service misses process 1's heartbeats and
+  aborts it, ~90 s later (benchmarks/README.md); the watchdog at 12 s ends it
+  sooner, with every thread's stack."""
   trial = faults.peer_trial(setup, tmp_path / "run", np.random.default_rng(0),
                             victim=1, watchdog_minutes=0.2)
   assert_nothing_lost(trial)
