@@ -8,6 +8,7 @@ the data print one line naming the key, file or record, and exit with status 2
 (`--verbose` or CTJAX_VERBOSE=1 adds the traceback above it).
 """
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+  # A crash in native code (gloo aborting when a peer process dies, say) then
+  # leaves every Python thread's stack on stderr, not only C++'s last words.
+  faulthandler.enable()
   try:
     initialize_distributed()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
