@@ -357,8 +357,9 @@ def test_cli_splits_and_data_state_describe_the_training_split(runs):
   assert state["source"] == "csv"
   state = state["state"]
   assert state["numeric"]["columns"] == ["age", "bmi"]
-  # The same float64 sums in perhaps another order: 36 terms of ~50 differ by a
-  # few ulps (36 x 2**-52 relative), far inside 1e-12.
+  # The same float64 sums, by NumPy on both sides (XLA's vector width plays no
+  # part), in perhaps another order: 36 terms differ by at most 2 x 35 x 2**-53
+  # relative (Higham's worst case), 8e-15, far inside 1e-12.
   np.testing.assert_allclose(state["numeric"]["mean"], scaler.mean_, rtol=1e-12)
   np.testing.assert_allclose(state["numeric"]["std"], scaler.scale_, rtol=1e-12)
   assert state["vocabularies"] == {"sex": sorted({r["sex"] for r in train} - {""})}

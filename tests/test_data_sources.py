@@ -206,9 +206,10 @@ def test_bert_attends_to_no_byte_padding(tmp_path):
   # times the tolerance below.
   assert np.abs(cls_features(np.where(short == 0, 7, short)) - features).max() > 0.05
   # Masked keys add exactly 0 to each softmax; what may differ is only the order
-  # of the float32 reductions (6 vs 16 terms): a few ulps of values ~1 (ulp
-  # 1.2e-7) per reduction, through two layers of attention, MLP and LayerNorm:
-  # within 1e-5 (measured 2e-7).
+  # of the float32 reductions (6 vs 16 terms). Per token about 200 reorderable
+  # terms through two layers of attention, MLP and LayerNorm over 16 features:
+  # tests/tolerances.sum_rtol(200) = 1.0e-5 of values ~1, the bound below, for any
+  # CPU's vector width (measured 2e-7).
   np.testing.assert_allclose(cls_features(long), features, rtol=0, atol=1e-5)
 
 
