@@ -5,7 +5,8 @@
 
 Every `Model` is called as `model.apply({"params": params}, inputs, train=...,
 rngs={"dropout": key})` and returns float32 logits; its parameters carry logical
-axis names for sharding (see `ctjax/models/layers.py`).
+axis names for sharding (see `ctjax/models/layers.py`). `features` gives what a
+model computes before its head (for probes, retrieval and parity checks).
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import pkgutil
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ctjax.errors import UserError
@@ -78,3 +80,28 @@ def get_model(model_config: Any) -> nn.Module:
         raise UserError(f"config.model.{key}={value!r} is not a dtype; use e.g. "
                         f"'float32' or 'bfloat16'") from None
   return model_class(**kwargs)
+
+
+def features(model: nn.Module, params: Any, inputs: jax.Array) -> dict[str, jax.Array]:
+  """What the model computes before its head, at evaluation (no dropout).
+
+  Every model sows its features into the "intermediates" collection; this collects
+  them beside the logits:
+
+    "logits"             what `model.apply` returns
+    "pooled"             [batch, hidden]: the vector the classifier reads (BERT:
+                         the tanh pooler output, Hugging Face's `pooler_output`;
+                         ViT: the [CLS] token or the mean of patch tokens after the
+                         final norm; CNN and MLP: the last hidden layer). Not for
+                         GPT, which has no classifier.
+    "last_hidden_state"  [batch, length, hidden], transformers only: the
+                         encoder's (decoder's) output after its final norm, as
+                         Hugging Face's `last_hidden_state`.
+
+  Jit it like any function of params: `jax.jit(functools.partial(features, model))`.
+  """
+  logits, state = model.apply({"params": params}, inputs, train=False,
+                              mutable="intermediates")
+  # sow stores a tuple of every value sown under a name; each is sown once.
+  return {"logits": logits,
+          **{name: values[0] for name, values in state["intermediates"].items()}}

@@ -113,11 +113,13 @@ class Model(nn.Module):
         param_dtype=self.param_dtype)
     x = layers.TransformerStack(block, self.num_layers, name="encoder")(
         x, mask, train=train)
+    self.sow("intermediates", "last_hidden_state", x)
 
     dense = functools.partial(layers.dense, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     pooled = jnp.tanh(dense(self.hidden_size, ("embed", None),
                             name="pooler")(x[:, 0]))
+    self.sow("intermediates", "pooled", pooled)
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
     logits = dense(self.num_classes, ("embed", "classes"),
                    name="classifier")(pooled)

@@ -121,6 +121,7 @@ class Model(nn.Module):
                           param_dtype=self.param_dtype,
                           name=f"stage{i}_block{j}")(x)
     x = x.mean(axis=(1, 2))
+    self.sow("intermediates", "pooled", x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return layers.classifier_logits(x, self.num_classes, dtype=self.dtype,
                                     param_dtype=self.param_dtype)

@@ -84,6 +84,7 @@ class Model(nn.Module):
                                 name="decoder")(x, train=train)
     x = layers.norm_layer(self.norm, epsilon=1e-5, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="final_norm")(x)
+    self.sow("intermediates", "last_hidden_state", x)
 
     if self.tie_embeddings:
       logits = embed.attend(x)

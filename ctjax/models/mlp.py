@@ -39,5 +39,6 @@ class Model(nn.Module):
                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
       x = nn.relu(x)
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    self.sow("intermediates", "pooled", x)
     return layers.classifier_logits(x, self.num_classes, dtype=self.dtype,
                                     param_dtype=self.param_dtype)

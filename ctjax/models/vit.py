@@ -88,7 +88,9 @@ class Model(nn.Module):
         x, train=train)
     x = layers.norm_layer("layernorm", epsilon=1e-6, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="final_norm")(x)
+    self.sow("intermediates", "last_hidden_state", x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    self.sow("intermediates", "pooled", x)
     logits = layers.dense(self.num_classes, ("embed", "classes"),
                           name="classifier", dtype=self.dtype,
                           param_dtype=self.param_dtype)(x)
