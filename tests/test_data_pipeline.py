@@ -152,3 +152,72 @@ def test_one_and_two_processes_give_the_same_validation_metrics(tmp_path):
       assert two[key] == pytest.approx(one[key], rel=rtol), key
     else:
       assert two[key] == one[key], key
+
+
+def _texts_of_many_lengths(tmp_path, count=200):
+  """A JSONL split whose texts are 1..120 bytes long, in a seeded order."""
+  import json  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  path = tmp_path / "texts.jsonl"
+  with open(path, "w") as f:
+    for i in range(count):
+      f.write(json.dumps({"text": "x" * int(rng.integers(1, 121)),
+                          "label": i % 3}) + "\n")
+  data = config_lib.ConfigDict(dict(
+      source="jsonl", splits={"train": str(path)}, tokenizer="bytes", seq_len=128,
+      special_tokens=False, length_buckets=(16, 32, 64)))
+  return splits_lib.open_splits(data, state_dir=str(tmp_path), write_state=False,
+                                num_classes=3, vocab_size=None)["train"]
+
+
+def test_length_grouped_epochs_still_cover_every_example_once(tmp_path):
+  source = _texts_of_many_lengths(tmp_path)
+  loader = pipeline.BatchLoader(source, num_threads=1, group_by_length=True)
+  order = loader.epoch_order(seed=3, global_batch_size=8)
+  for epoch in range(2):
+    assert sorted(order(epoch)) == list(range(len(source)))
+  # Within a window, longest first; epochs differ (they start from new permutations).
+  window = pipeline.LENGTH_WINDOW_BATCHES * 8
+  lengths = source.lengths[order(0)[:window]]
+  assert (np.diff(lengths) <= 0).all()
+  assert not np.array_equal(order(0), order(1))
+
+
+def test_batches_pad_to_the_smallest_bucket_holding_their_longest_text(tmp_path):
+  source = _texts_of_many_lengths(tmp_path)
+  fixed = pipeline.BatchLoader(source, num_threads=1)
+  grouped = pipeline.BatchLoader(source, num_threads=1, group_by_length=True)
+  widths = []
+  for step in range(25):
+    indices = pipeline.train_indices(
+        step, num_examples=len(source), global_batch_size=8, seed=0,
+        epoch_order=grouped.epoch_order(0, 8))
+    batch = pipeline.train_batch(grouped, step, global_batch_size=8, seed=0)
+    longest = source.lengths[indices].max()
+    width = batch["inputs"].shape[1]
+    assert width == min(b for b in (16, 32, 64, 128) if b >= longest)
+    # The same tokens as the fixed-length batch, cut where only padding follows.
+    full = fixed.load(indices, None)["inputs"]
+    np.testing.assert_array_equal(batch["inputs"], full[:, :width])
+    assert (full[:, width:] == 0).all()
+    widths.append(width)
+  assert len(set(widths)) > 1 and np.mean(widths) < 128
+
+
+def test_every_process_pads_its_share_to_the_global_batch_bucket(tmp_path):
+  source = _texts_of_many_lengths(tmp_path)
+  loader = pipeline.BatchLoader(source, num_threads=1, group_by_length=True)
+  for step in range(10):
+    whole = pipeline.train_batch(loader, step, global_batch_size=8, seed=0)
+    shares = [pipeline.train_batch(loader, step, global_batch_size=8, seed=0,
+                                   process_index=p, process_count=2)
+              for p in range(2)]
+    np.testing.assert_array_equal(
+        np.concatenate([s["inputs"] for s in shares]), whole["inputs"])
+  eval_loader = pipeline.BatchLoader(source, num_threads=1)
+  for whole, *shares in zip(
+      pipeline.eval_batches(eval_loader, global_batch_size=64),
+      *(pipeline.eval_batches(eval_loader, global_batch_size=64, process_index=p,
+                              process_count=2) for p in range(2))):
+    np.testing.assert_array_equal(
+        np.concatenate([s["inputs"] for s in shares]), whole["inputs"])

@@ -42,12 +42,14 @@ class Subset:
     self.source = source
     self.indices = np.asarray(indices, np.int64)
     if hasattr(source, "get_batch"):
-      self.get_batch = lambda idx: source.get_batch(self.indices[idx])
-    if getattr(source, "labels", None) is not None:
-      self.labels = np.asarray(source.labels)[self.indices]
+      self.get_batch = lambda idx, *length: source.get_batch(self.indices[idx],
+                                                             *length)
+    for name in ("labels", "lengths"):
+      if getattr(source, name, None) is not None:
+        setattr(self, name, np.asarray(getattr(source, name))[self.indices])
     if hasattr(source, "location"):
       self.location = lambda i: source.location(int(self.indices[i]))
-    for name in ("label_names", "vocab_size"):
+    for name in ("label_names", "vocab_size", "length_buckets"):
       if hasattr(source, name):
         setattr(self, name, getattr(source, name))
 

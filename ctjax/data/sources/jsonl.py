@@ -7,13 +7,20 @@
   config.data.label_key = "label"    # "" for language modelling
   config.data.tokenizer = "bytes"    # or the path of a tokenizer.json
   config.data.seq_len = 128
+  config.data.length_buckets = (32, 64)   # optional: pad a batch only to the
+                                         # smallest of these (or seq_len) that
+                                         # holds its longest text
+  config.data.group_by_length = True     # batches of similar lengths (train)
 
 Classification (`label_key` set): each example is {"inputs": int32 [seq_len] token
 ids, "label": int32}; the text is tokenised when its batch is read (the tokenizers
 package works on a whole batch in parallel), with the tokenizer's special tokens
 ([CLS] ... [SEP] for BERT; `config.data.special_tokens=False` leaves them out),
 truncated, and padded with the tokenizer's pad id, which BERT masks out of
-attention. Labels are names (a vocabulary of the training split's, sorted, saved in
+attention. With `length_buckets`, every text is tokenised once when the split
+opens to learn its length, and each batch is padded to the smallest bucket that
+holds its longest text: a handful of compiled shapes instead of one, and short
+texts do not pay for the longest (see ctjax/data/pipeline.py). Labels are names (a vocabulary of the training split's, sorted, saved in
 WORKDIR/data_state.json) or integer ids.
 
 Language modelling (`label_key = ""`): every record is a document; documents are
@@ -34,7 +41,7 @@ from ctjax.data.sources import text as text_source
 from ctjax.errors import UserError
 
 DEFAULTS = {"text_key": "text", "label_key": "label", "tokenizer": "bytes",
-            "seq_len": 128, "special_tokens": True}
+            "seq_len": 128, "special_tokens": True, "length_buckets": ()}
 
 
 def _option(data_config: Any, key: str) -> Any:
@@ -53,6 +60,14 @@ class Records:
     self.vocab_size = self.tokenizer.vocab_size
     self.seq_len = _option(data_config, "seq_len")
     self.special_tokens = bool(_option(data_config, "special_tokens"))
+    buckets = _option(data_config, "length_buckets")
+    if not isinstance(buckets, (list, tuple)) or not all(
+        isinstance(b, int) and b > 0 for b in buckets):
+      raise UserError(f"config.data.length_buckets={buckets!r}: give padded "
+                      "lengths as a tuple of positive ints, e.g. (32, 64)")
+    # seq_len is always the last bucket: the longest texts are truncated to it.
+    self.length_buckets = tuple(sorted({b for b in buckets if b < self.seq_len}
+                                       | {self.seq_len})) if buckets else ()
 
   def __len__(self) -> int:
     return len(self.texts)
@@ -76,15 +91,25 @@ class TokenizedRecords:
     self.label_names = label_names
     self.labels = records.encode_labels(raw.labels, label_names)
     self.location = raw.location
+    self.length_buckets = raw.length_buckets
+    if self.length_buckets:
+      self.lengths = np.array([len(ids) for ids in self._encode(range(len(raw)))])
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    raw, tokenizer = self.raw, self.raw.tokenizer
-    ids = tokenizer.encode([raw.texts[i] for i in indices],
-                           special_tokens=raw.special_tokens, max_length=raw.seq_len)
-    return {"inputs": tokenizer_lib.fixed_length(ids, raw.seq_len, tokenizer.pad_id),
+  def _encode(self, indices) -> list[np.ndarray]:
+    raw = self.raw
+    return raw.tokenizer.encode([raw.texts[i] for i in indices],
+                                special_tokens=raw.special_tokens,
+                                max_length=raw.seq_len)
+
+  def get_batch(self, indices: np.ndarray,
+                length: int | None = None) -> dict[str, np.ndarray]:
+    """Token ids padded to `length` (a bucket), by default to seq_len."""
+    return {"inputs": tokenizer_lib.fixed_length(
+                self._encode(indices), length or self.raw.seq_len,
+                self.raw.tokenizer.pad_id),
             "label": self.labels[indices]}
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:

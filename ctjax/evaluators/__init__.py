@@ -1,0 +1,177 @@
+"""Evaluators: one module per evaluation type, chosen by `type` in the config.
+
+  config.evaluators = (
+      dict(type="linear_probe", every="1000 steps"),
+      dict(type="fewshot", shots=(1, 5, 10), repeats=3),
+      dict(type="zeroshot", classes=("billing question", "technical problem")),
+  )
+
+`type="NAME"` imports `ctjax/evaluators/NAME.py` and builds its `Evaluator` with
+the other keys as keyword options; adding an evaluation type is adding one file.
+Two more keys belong to every evaluator and are read here:
+
+  every   a duration ("500 steps", "1 epoch", an int of steps); 0, the default,
+          runs it only at the end of training
+  name    the prefix of its metrics (default: the type), so that two evaluators of
+          one type (say probes of two splits) report apart
+
+A module's `Evaluator(context, **options)` takes the shared `Context` and its own
+options (keyword arguments with defaults; the signature is the reference of its
+options), checks them at once, raising a one-line UserError naming
+`config.evaluators[i].KEY`, and has `run(params) -> {metric: float}`. Construction
+compiles nothing, so every mistake stops the run before the first compilation.
+`run` is called by every process together (it runs compiled programs on global
+arrays) and returns the same numbers on each.
+"""
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+
+from ctjax import durations
+from ctjax.data import pipeline
+from ctjax.errors import UserError
+
+# Keys of every evaluator's config, read by `make_evaluators`, not the module.
+COMMON_KEYS = ("type", "every", "name")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What every evaluator may use, built once per run.
+
+  Attributes:
+    model: the run's model.
+    loaders: split name -> the run's BatchLoader of that split.
+    mesh: the run's mesh; features are computed on it, batches split over it.
+    batch_size: the global evaluation batch size (a multiple of the batch shards).
+    data_config: `config.data`, for what the data was made with (the tokenizer).
+    key: "config.evaluators[i]", the prefix of this evaluator's error messages.
+    model_params: what `run` is given -> the tree `model.apply` takes; called
+      inside the compiled programs, so that (say) LoRA adapters are added into
+      their kernels there, as in the train step, not in a second copy of the
+      parameters.
+    on_batch: called as each batch is dispatched (the trainer's hang watchdog
+      marks progress).
+  """
+  model: nn.Module
+  loaders: Mapping[str, pipeline.BatchLoader]
+  mesh: jax.sharding.Mesh
+  batch_size: int
+  data_config: Any
+  key: str
+  model_params: Callable[[Any], Any] = lambda params: params
+  on_batch: Callable[[], None] = lambda: None
+
+
+class Evaluator(Protocol):
+  """What an evaluator module's `Evaluator(context, **options)` gives."""
+
+  def run(self, params: Any) -> dict[str, float]:
+    """Metrics of `params` (see `Context.model_params`), without the evaluator's
+    name (say {"accuracy": ...})."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheduled:
+  """An evaluator with its name and schedule, as the trainer uses it."""
+  name: str
+  every: int  # steps; 0: only at the end
+  evaluator: Evaluator
+
+  def due(self, step: int, last_step: int) -> bool:
+    return step == last_step or bool(self.every and step % self.every == 0)
+
+  def run(self, params: Any) -> dict[str, float]:
+    """{"NAME/metric": value}, the same on every process."""
+    return {f"{self.name}/{k}": v for k, v in self.evaluator.run(params).items()}
+
+
+def types() -> list[str]:
+  """Names of the modules in ctjax/evaluators/ that define an `Evaluator`."""
+  return sorted(info.name for info in pkgutil.iter_modules(__path__)
+                if hasattr(importlib.import_module(f"{__name__}.{info.name}"),
+                           "Evaluator"))
+
+
+def make_evaluators(evaluator_configs: Sequence[Any], *, model: nn.Module,
+                    loaders: Mapping[str, pipeline.BatchLoader],
+                    mesh: jax.sharding.Mesh, batch_size: int, data_config: Any,
+                    train_batch_size: int, train_examples: int | None,
+                    model_params: Callable[[Any], Any] = lambda params: params,
+                    on_batch: Callable[[], None] = lambda: None
+                    ) -> list[Scheduled]:
+  """Builds `config.evaluators`; raises UserError on the first mistake.
+
+  Args:
+    evaluator_configs: `config.evaluators`, dicts (or ConfigDicts) with `type`.
+    model, loaders, mesh, batch_size, data_config, model_params, on_batch: see
+      `Context`.
+    train_batch_size, train_examples: the training batch and split size, which
+      turn `every` given in epochs or examples into steps.
+  """
+  built, names = [], set()
+  for i, evaluator_config in enumerate(evaluator_configs):
+    key = f"config.evaluators[{i}]"
+    if hasattr(evaluator_config, "to_dict"):
+      evaluator_config = evaluator_config.to_dict()
+    if not isinstance(evaluator_config, Mapping):
+      raise UserError(f"{key}={evaluator_config!r}: expected a dict with a 'type', "
+                      f"one of {', '.join(types())}")
+    options = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in evaluator_config.items() if k not in COMMON_KEYS}
+    type_name = evaluator_config.get("type")
+    module_class = _evaluator_class(type_name, key)
+    name = evaluator_config.get("name", type_name)
+    if not isinstance(name, str) or not name or "/" in name:
+      raise UserError(f"{key}.name={name!r}: give a non-empty name without '/'")
+    if name in names:
+      raise UserError(f"{key}.name={name!r}: another evaluator has this name; give "
+                      "each evaluator of the same type its own name")
+    names.add(name)
+    every = durations.to_steps(evaluator_config.get("every", 0),
+                               key=f"evaluators[{i}].every",
+                               global_batch_size=train_batch_size,
+                               train_examples=train_examples)
+    _check_options(module_class, options, key, type_name)
+    context = Context(model=model, loaders=loaders, mesh=mesh,
+                      batch_size=batch_size, data_config=data_config, key=key,
+                      model_params=model_params, on_batch=on_batch)
+    built.append(Scheduled(name=name, every=every,
+                           evaluator=module_class(context, **options)))
+  return built
+
+
+def _evaluator_class(type_name: Any, key: str) -> type:
+  module = None
+  if isinstance(type_name, str) and type_name.isidentifier():
+    try:
+      module = importlib.import_module(f"{__name__}.{type_name}")
+    except ModuleNotFoundError as e:
+      # A module that exists but fails to import is a bug to see, not a typo.
+      if e.name != f"{__name__}.{type_name}":
+        raise
+  if not hasattr(module, "Evaluator"):
+    raise UserError(f"{key}.type={type_name!r}: no module "
+                    f"ctjax/evaluators/{type_name}.py with an Evaluator; choose one "
+                    f"of {', '.join(types())}")
+  return module.Evaluator
+
+
+def _check_options(module_class: type, options: Mapping[str, Any], key: str,
+                   type_name: str) -> None:
+  """Unknown and missing options, named before the evaluator is built."""
+  parameters = list(inspect.signature(module_class).parameters.values())[1:]
+  valid = [p.name for p in parameters]
+  for option in options:
+    if option not in valid:
+      raise UserError(f"{key}.{option}: not an option of {type_name}; valid options: "
+                      f"{', '.join(list(COMMON_KEYS[1:]) + valid)}")
+  for p in parameters:
+    if p.default is inspect.Parameter.empty and p.name not in options:
+      raise UserError(f"{key}.{p.name}: {type_name} needs this option; add it")
