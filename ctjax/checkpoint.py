@@ -36,11 +36,14 @@ import sys
 import types
 from typing import Any, Callable, Iterator, TypeVar
 
+from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ctjax import hf
+from ctjax import writers
 from ctjax.errors import UserError
 
 Restored = TypeVar("Restored")
@@ -196,15 +199,31 @@ def make_manager(directory: str, checkpoint_config: Any | None = None, *,
       "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
 
+# Parts of the train state that checkpoints leave out: frozen parameters, which
+# training never changes (ctjax/peft.py); they come again from their source.
+UNSAVED = ("frozen",)
+
+
+def _saved(state: Any) -> Any:
+  return {k: v for k, v in state.items() if k not in UNSAVED}
+
+
 def save(manager: ocp.CheckpointManager, state: Any, position: dict[str, int], *,
          metrics: dict[str, float] | None = None, force: bool = False) -> None:
-  """Starts saving `state` at its step; all processes must call this together."""
+  """Starts saving `state` at its step (but its UNSAVED parts); all processes must
+  call this together."""
   step = int(position["step"])
+  state = _saved(state)
   manager.checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   with _full_disk_as_user_error(manager):
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(position)),
                  metrics=metrics, force=force)
+
+
+def step_bytes(manager: ocp.CheckpointManager, step: int) -> int:
+  """The bytes on disk of a finished checkpoint's step folder."""
+  return _folder_bytes(os.path.join(str(manager.directory), str(step)))
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, *,
@@ -215,8 +234,11 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, *,
   `abstract_state` leaves are jax.ShapeDtypeStruct with shardings for *this* run's
   mesh, so a checkpoint written on 8 devices restores onto 1 or 4. Damaged
   checkpoints are skipped (see the module's docstring); with `set_aside_damaged`
-  (the run's own folder) they are renamed `<step>.damaged`.
+  (the run's own folder) they are renamed `<step>.damaged`. The UNSAVED parts of
+  `abstract_state` are not read, nor returned.
   """
+  abstract_state = _saved(abstract_state)
+
   def restore_step(step: int) -> tuple[Any, dict[str, int]]:
     _check_compatible(manager, step, abstract_state)
     restored = manager.restore(step, args=ocp.args.Composite(
@@ -355,12 +377,18 @@ def _path(path: tuple) -> str:
 
 def restore_params(path: str, abstract_params: Any, init_params: Any,
                    skip: tuple[str, ...] = ()) -> Any:
-  """Loads params from another run (model_init); `skip` regexes keep `init_params`.
+  """Loads params from another run or a Hugging Face directory (model_init);
+  `skip` regexes keep `init_params`.
 
-  Parameters matching a skip pattern (say a new classifier head for a different
-  number of classes) are neither read nor shape-checked. Damaged checkpoints are
-  skipped for older ones, as in `restore`.
+  `path` is a ctjax workdir or checkpoints folder, or a Hugging Face model
+  directory (config.json and safetensors, see `ctjax.hf`). Parameters matching a
+  skip pattern (say a new classifier head for a different number of classes) are
+  neither read nor shape-checked; every other one must be in the checkpoint, or
+  one UserError lists those that are not. Damaged checkpoints are skipped for
+  older ones, as in `restore`. Prints which parameters were initialised afresh.
   """
+  if hf.is_hf_dir(path):
+    return hf.load_params(path, abstract_params, init_params, skip)
   manager = make_manager(checkpoint_dir(path), read_only=True)
   if manager.latest_step() is None:
     raise UserError(f"config.model_init={path!r}: no checkpoint there; give a ctjax "
@@ -371,6 +399,7 @@ def restore_params(path: str, abstract_params: Any, init_params: Any,
       lambda p, x: x if keep[_path(p)] else None, abstract_params)
 
   def restore_step(step: int) -> Any:
+    hf.check_all_loaded(keep, _saved_params(manager, step), skip, path)
     _check_compatible(manager, step, {"params": wanted}, only="params")
     restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
     return manager.restore(step, args=ocp.args.Composite(
@@ -379,13 +408,26 @@ def restore_params(path: str, abstract_params: Any, init_params: Any,
             partial_restore=True)))["state"]["params"]
 
   restored = _newest_readable(manager, restore_step, set_aside_damaged=False)
+  fresh = [name for name, kept in keep.items() if not kept]
+  writers.info(f"config.model_init={path}: loaded {len(keep) - len(fresh)} "
+               f"parameters; initialised afresh: {', '.join(fresh) or 'none'}")
   return jax.tree_util.tree_map_with_path(
       lambda p, new, old: new if keep[_path(p)] else old,
       restored, init_params, is_leaf=lambda x: x is None)
 
 
+def _saved_params(manager: ocp.CheckpointManager, step: int) -> set[str]:
+  """Paths of the params that checkpoint `step` holds, from its metadata."""
+  saved = manager.item_metadata(step)["state"]
+  if saved is None:
+    raise _Damaged("state/_METADATA, the tree's metadata, is missing or unreadable")
+  return {_path(p) for p, _ in
+          jax.tree_util.tree_flatten_with_path(saved.get("params", {}))[0]}
+
+
 def restore_or_initialize(workdir_manager: ocp.CheckpointManager, config: Any,
-                          abstract_state: Any, init_state: Any
+                          abstract_state: Any, init_state: Callable[[], Any], *,
+                          new_params: tuple[str, ...] = ()
                           ) -> tuple[Any, dict[str, int] | None, str]:
   """Applies the resume order; returns (state, input position or None, origin).
 
@@ -393,21 +435,54 @@ def restore_or_initialize(workdir_manager: ocp.CheckpointManager, config: Any,
   2. `config.resume`: the full state of another run;
   3. `config.model_init`: params from another run, fresh optimizer;
   4. from scratch. `init_state` is a function making the fresh, sharded state.
+
+  The state's frozen parameters are in no checkpoint: after 1 or 2 they come from
+  their source, the fresh state with config.model_init loaded over it (3 and 4),
+  the same arrays the interrupted run trained with. Parameters matching a
+  `new_params` regex (LoRA adapters) are never looked for in config.model_init.
   """
+  restored = None
   if workdir_manager.latest_step() is not None:
     state, position = restore(workdir_manager, abstract_state,
                               set_aside_damaged=True)
-    return state, position, f"resumed from {workdir_manager.directory} step {position['step']}"
-  if config.resume:
+    restored = (state, position,
+                f"resumed from {workdir_manager.directory} step {position['step']}")
+  elif config.resume:
     other = make_manager(checkpoint_dir(config.resume), read_only=True)
     if other.latest_step() is None:
       raise UserError(f"config.resume={config.resume!r}: no checkpoint there")
     state, position = restore(other, abstract_state)
-    return state, position, f"resumed from config.resume step {position['step']}"
-  state = init_state()
+    restored = state, position, f"resumed from config.resume step {position['step']}"
+  unsaved = {k: abstract_state[k] for k in UNSAVED if k in abstract_state}
+  if restored and not jax.tree.leaves(unsaved):  # Nothing frozen: empty trees.
+    state, position, resumed = restored
+    return {**state, **unsaved}, position, resumed
+
+  fresh = init_state()
+  origin = "initialised from scratch"
   if config.model_init:
-    state = dict(state, params=restore_params(
-        config.model_init, abstract_state["params"], state["params"],
-        tuple(config.model_init_skip)))
-    return state, None, f"params from config.model_init={config.model_init}"
-  return state, None, "initialised from scratch"
+    fresh = _load_model_init(config, abstract_state, fresh, new_params)
+    origin = f"params from config.model_init={config.model_init}"
+  if restored:
+    state, position, resumed = restored
+    return ({**state, **{k: fresh[k] for k in unsaved}}, position,
+            f"{resumed}; frozen parameters {origin.split(' ', 1)[1]}")
+  return fresh, None, origin
+
+
+def _load_model_init(config: Any, abstract_state: Any, state: Any,
+                     new_params: tuple[str, ...]) -> Any:
+  """`state` with config.model_init's params in its params and frozen parts.
+
+  The two parts are one model's parameters split by path, so they are joined for
+  `restore_params` (whose paths are the model's) and split again after.
+  """
+  parts = [k for k in ("params", *UNSAVED) if k in state]
+  flat = lambda tree: traverse_util.flatten_dict(tree, sep="/")
+  nested = lambda flat_tree: traverse_util.unflatten_dict(flat_tree, sep="/")
+  joined = lambda tree: nested({p: x for k in parts for p, x in flat(tree[k]).items()})
+  loaded = flat(restore_params(config.model_init, joined(abstract_state),
+                               joined(state),
+                               tuple(config.model_init_skip) + tuple(new_params)))
+  return {**state, **{k: nested({p: loaded[p] for p in flat(state[k])})
+                      for k in parts}}

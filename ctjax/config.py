@@ -59,7 +59,22 @@ def base_config() -> ConfigDict:
       "momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
       "schedule": {"name": "warmup_cosine", "warmup": "0 steps",
                    "end_fraction": 0.0, "timescale": 10000},
+      # Parameter groups (ctjax/peft.py): ordered (regex over the parameter's path,
+      # options) pairs, the first match winning; options are "frozen" (no gradient,
+      # no optimizer state, not in checkpoints) or a dict of lr_mult and/or
+      # wd_mult. E.g. (("^embeddings/", "frozen"), ("classifier/", {"lr_mult": 10.0})).
+      "groups": (),
+      # Layer-wise lr decay: layer_{i} of L trains at lr * layer_decay**(L - i),
+      # embeddings at layer_decay**(L + 1), the rest (head) at lr. 0 is off.
+      "layer_decay": 0.0,
   })
+  # LoRA (ctjax/peft.py): rank-`rank` adapters A [in, r], B [r, out] on the kernels
+  # matching `targets`; the model computes with W + (alpha / rank) A B. Only the
+  # adapters and the parameters matching `trainable` (say a new classifier head)
+  # train; the base is frozen. rank 0 is off.
+  c.lora = ConfigDict({"rank": 0, "alpha": 16.0,
+                       "targets": ("attention/(query|value)/kernel$",),
+                       "trainable": ()})
 
   # Mesh axis sizes; -1 takes the devices left over. Logical axis names used by
   # the models map to mesh axes through these rules (first match wins).

@@ -27,9 +27,11 @@ its multiplication by the parameters' scale, so that its lr is an absolute step 
 like the others'.
 
 The chain for one set of parameters is built by `_chain(config, learning_rate,
-weight_decay)`. Parameter groups (pattern -> lr multiplier, wd multiplier, frozen)
-will wrap several such chains in `optax.multi_transform`, inside the global-norm clip
-so that clipping still sees the whole gradient.
+weight_decay)`. Parameter groups (config.optim.groups and layer_decay, resolved by
+ctjax/peft.py into a label per parameter and an (lr multiplier, wd multiplier) per
+label) wrap one such chain per label in `optax.multi_transform`, inside the
+global-norm clip so that clipping still sees the whole gradient. Frozen parameters
+are not the optimizer's at all: it is given only the parameters that train.
 """
 from collections.abc import Callable
 import math
@@ -178,9 +180,29 @@ def _chain(config, learning_rate: Callable[[jax.Array], jax.Array],
                      optax.scale_by_learning_rate(learning_rate))
 
 
+def _grouped(config, schedule: optax.Schedule, weight_decay: float,
+             groups: tuple[Callable[[Any], Any], dict[str, tuple[float, float]]]
+             ) -> optax.GradientTransformation:
+  """One chain per label, its lr and weight decay multiplied by the label's pair."""
+  labels, multipliers = groups
+
+  def chain(lr_mult: float, wd_mult: float) -> optax.GradientTransformation:
+    # lr_mult 1 keeps the schedule itself, so a default group updates bit for bit
+    # as an ungrouped optimizer would.
+    learning_rate = schedule if lr_mult == 1 else (
+        lambda step: lr_mult * schedule(step))
+    return _chain(config, learning_rate, weight_decay * wd_mult)
+
+  if len(multipliers) == 1:  # One group: its chain, with no per-label state tree.
+    return chain(*next(iter(multipliers.values())))
+  return optax.multi_transform(
+      {label: chain(*pair) for label, pair in multipliers.items()}, labels)
+
+
 def make_optimizer(
     optim_config, *, total_steps: int, global_batch_size: int,
     train_examples: int | None,
+    groups: tuple[Callable[[Any], Any], dict[str, tuple[float, float]]] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optimizer for `config.optim` and returns it with its schedule.
 
@@ -189,6 +211,8 @@ def make_optimizer(
     total_steps: the length of training.
     global_batch_size: to convert durations in examples or epochs to steps.
     train_examples: the training split's size, for durations in epochs.
+    groups: (params -> tree of labels, label -> (lr_mult, wd_mult)), from
+      `peft.Plan.labels_and_multipliers`; None: one group, multipliers 1.
 
   Returns:
     (optimizer, schedule): the optimizer clips the gradient's global norm, then
@@ -205,4 +229,6 @@ def make_optimizer(
   _require(clip_norm >= 0, "optim.clip_norm", clip_norm,
            "cannot be negative; 0 or None disables clipping")
   clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
-  return optax.chain(clip, _chain(optim_config, schedule, weight_decay)), schedule
+  update = (_chain(optim_config, schedule, weight_decay) if groups is None else
+            _grouped(optim_config, schedule, weight_decay, groups))
+  return optax.chain(clip, update), schedule

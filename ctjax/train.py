@@ -30,6 +30,7 @@ from ctjax import durations
 from ctjax import metrics as metrics_lib
 from ctjax import models
 from ctjax import optim
+from ctjax import peft
 from ctjax import sharding
 from ctjax import watchdog
 from ctjax import writers
@@ -76,10 +77,16 @@ TRAIN_METRICS = ("loss", "grad_norm")
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    grad_accum_steps: int):
+                    grad_accum_steps: int,
+                    model_params: Callable[[Any, Any], Any] = peft.join):
   """The update: k microbatches summed, normalised by the step's real count.
 
   The step returns the new state and the metrics named in TRAIN_METRICS.
+
+  The state's `params` are what trains; its `frozen` parameters are passed
+  through unchanged, and the model sees `model_params(params, frozen)` (with LoRA,
+  the adapters added into their kernels: see ctjax/peft.py). Only `params` are
+  differentiated, so frozen parameters cost no gradient and no optimizer state.
 
   The loss is a sum over real examples (or tokens) divided by their count over the
   whole global batch, so k microbatches of b give the same update as one batch of
@@ -88,9 +95,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   parameter.
   """
 
-  def normalized_loss(params, batch, rng, denominator):
-    logits = model.apply({"params": params}, batch["inputs"], train=True,
-                         rngs={"dropout": rng})
+  def normalized_loss(params, frozen, batch, rng, denominator):
+    logits = model.apply({"params": model_params(params, frozen)}, batch["inputs"],
+                         train=True, rngs={"dropout": rng})
     losses = per_example_loss(logits, batch["label"])
     return jnp.sum(jnp.where(batch["mask"] > 0, losses * batch["mask"], 0.0)
                    ) / denominator
@@ -101,7 +108,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     rng = jax.random.fold_in(state["rng"], state["step"])
     denominator = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
     if grad_accum_steps == 1:
-      loss, grads = grad_fn(state["params"], batch, rng, denominator)
+      loss, grads = grad_fn(state["params"], state["frozen"], batch, rng,
+                            denominator)
     else:
       # Microbatch i takes rows i, i+k, i+2k, ...: every device keeps an equal share
       # of every microbatch, so no data moves between devices.
@@ -111,8 +119,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
       def accumulate(carry, xs):
         i, micro = xs
-        value, grads = grad_fn(state["params"], micro, jax.random.fold_in(rng, i),
-                               denominator)
+        value, grads = grad_fn(state["params"], state["frozen"], micro,
+                               jax.random.fold_in(rng, i), denominator)
         return jax.tree.map(jnp.add, carry, (value, grads)), None
 
       zeros = (jnp.zeros((), jnp.float32),
@@ -238,7 +246,8 @@ def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
              on_batch: Callable[[], None] = lambda: None) -> dict[str, float]:
   """Exact metrics over a whole split (padded, masked, summed across hosts).
 
-  `on_batch` is called as each batch is dispatched (the trainer marks progress).
+  `params` is what `eval_step` takes before the batch. `on_batch` is called as
+  each batch is dispatched (the trainer marks progress).
   """
   stats = None
   for local in pipeline.eval_batches(loader, global_batch_size=batch_size,
@@ -299,18 +308,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       process_index=jax.process_index(), process_count=jax.process_count())
 
   # --- 4. Model, optimizer, sharded init. ---------------------------------------
-  tx, lr_schedule = optim.make_optimizer(
-      config.optim, total_steps=sched.total_steps, global_batch_size=config.batch_size,
-      train_examples=len(train_source))
   dummy_inputs = jnp.zeros((1, *first_batch["inputs"].shape[1:]),
                            first_batch["inputs"].dtype)
+  init_params = lambda rng: model.init({"params": rng}, dummy_inputs,
+                                       train=False)["params"]
+  root_rng = jax.random.PRNGKey(config.seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed_params = jax.eval_shape(init_params, root_rng)
+  # What trains, how fast, and LoRA (config.optim.groups, layer_decay, lora).
+  transfer = peft.make_plan(config, boxed_params)
+  make_optimizer = functools.partial(
+      optim.make_optimizer, config.optim, total_steps=sched.total_steps,
+      global_batch_size=config.batch_size, train_examples=len(train_source))
+  tx, lr_schedule = make_optimizer(groups=transfer.labels_and_multipliers())
 
   def init_state(rng):
-    params = model.init({"params": rng}, dummy_inputs, train=False)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
+    params, frozen = transfer.split(init_params(rng), jax.random.fold_in(rng, 2))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "frozen": frozen,
             "opt_state": tx.init(params), "rng": jax.random.fold_in(rng, 1)}
 
-  root_rng = jax.random.PRNGKey(config.seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_state, root_rng)
   state_sh = sharding.state_shardings(boxed, mesh, rules)
@@ -319,13 +335,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       nn.meta.unbox(boxed), state_sh)
   info("parameters:\n" + sharding.describe_params(abstract_state["params"],
                                                   state_sh["params"]))
+  info(transfer.describe() + "\n" + peft.describe_optimizer_memory(
+      abstract_state["opt_state"],
+      jax.eval_shape(make_optimizer()[0].init, nn.meta.unbox(boxed_params))))
 
   # --- 5. Train and eval steps, compiled ahead of time. -------------------------
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract_batch = _abstract_batch(first_batch, mesh)
   num_classes = (getattr(model, "num_classes", None)
                  if first_batch["label"].ndim == 1 else None)
-  step_fn = make_train_step(model, tx, config.grad_accum_steps)
+  step_fn = make_train_step(model, tx, config.grad_accum_steps,
+                            transfer.model_params)
   metric_sums = MetricSums()
 
   def step_with_sums(state, batch, sums):
@@ -340,9 +360,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=0).lower(abstract_state, abstract_batch, zero_sums).compile()
-    eval_step = jax.jit(make_eval_step(model, num_classes),
-                        in_shardings=(state_sh["params"], None),
-                        out_shardings=replicated)
+    eval_fn = make_eval_step(model, num_classes)
+    # Evaluation takes (params, frozen), as the state holds them.
+    eval_step = jax.jit(
+        lambda trained, batch: eval_fn(transfer.model_params(*trained), batch),
+        in_shardings=((state_sh["params"], state_sh["frozen"]), None),
+        out_shardings=replicated)
     fresh_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)),
                           out_shardings=state_sh)
   info("train step memory:\n" + _memory_report(train_step))
@@ -351,7 +374,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                     config.checkpoint)
   state, position, origin = checkpoint.restore_or_initialize(
-      manager, config, abstract_state, lambda: fresh_state(root_rng))
+      manager, config, abstract_state, lambda: fresh_state(root_rng),
+      new_params=(peft.ADAPTER_PATTERN,))
   start_step = int(position["step"]) if position else 0
   info(f"{origin}; training steps {start_step}..{sched.total_steps}")
 
@@ -390,7 +414,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     jax.block_until_ready(state)
     results = {}
     for name in split_names:
-      results.update(evaluate(eval_step, state["params"], loaders[name], mesh,
+      results.update(evaluate(eval_step, (state["params"], state["frozen"]),
+                              loaders[name], mesh,
                               batch_size=eval_batch_size, split=name,
                               bits_per_byte=config.bits_per_byte,
                               on_batch=hang_watchdog.step_finished))
@@ -461,6 +486,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if step > start_step:
       save(step, metrics=final, force=True)
     manager.wait_until_finished()
+    if step > start_step:
+      info(f"checkpoint of step {step}: "
+           f"{checkpoint.step_bytes(manager, step):,} bytes on disk")
     return final
   finally:
     preemption.restore()

@@ -75,7 +75,7 @@ def _check_accumulation(model, batch, grad_accum_steps, sum_terms):
   tx = _sgd()
   init = jax.jit(lambda key, x: model.init(key, x, train=False))
   params = nn.meta.unbox(init(jax.random.PRNGKey(0), batch["inputs"][:1]))["params"]
-  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "frozen": {},
            "opt_state": tx.init(params), "rng": jax.random.PRNGKey(1)}
   step = jax.jit(train.make_train_step(model, tx, grad_accum_steps))
   new_state, metrics = step(state, batch)
