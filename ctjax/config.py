@@ -94,6 +94,10 @@ def base_config() -> ConfigDict:
   c.eval_splits = ("validation",)  # evaluated periodically
   c.final_eval_splits = ("validation", "test")  # evaluated once at the end
   c.eval_batch_size = 0          # 0: same as batch_size
+  # More evaluations, each a dict with a `type` naming ctjax/evaluators/TYPE.py
+  # (linear_probe, fewshot, zeroshot), `every` (a duration; 0: only at the end)
+  # and that type's options; see ctjax/evaluators/__init__.py.
+  c.evaluators = ()
   c.bits_per_byte = False        # byte-level LMs: also report loss in bits/byte
 
   c.checkpoint = ConfigDict({

@@ -2,6 +2,8 @@
 
   ctjax train --config configs/NAME.py[:ARG] [--workdir DIR] [--verbose]
               [--config.a.b=VALUE ...]
+  ctjax export --workdir DIR --to OUT [--checkpoint latest|best]
+              (a Hugging Face directory that transformers loads; see ctjax/export.py)
 
 Running the same command again on a workdir resumes it. Mistakes in the config or
 the data print one line naming the key, file or record, and exit with status 2
@@ -47,7 +49,18 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   train.add_argument("--verbose", action="store_true",
                      help="on an error, print the full traceback too (also "
                      "CTJAX_VERBOSE=1)")
+  export = commands.add_parser(
+      "export", help="write a run's model as a Hugging Face directory")
+  export.add_argument("--workdir", required=True, help="the run's folder")
+  export.add_argument("--to", required=True, help="the directory to write")
+  export.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                      help="which checkpoint: the newest, or the best by the run's "
+                      "config.checkpoint.best_metric")
+  export.add_argument("--verbose", action="store_true",
+                      help="on an error, print the full traceback too")
   args, rest = parser.parse_known_args(argv)
+  if args.command != "train" and rest:
+    parser.error(f"unrecognised arguments {' '.join(rest)!r}")
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
@@ -77,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
   # leaves every Python thread's stack on stderr, not only C++'s last words.
   faulthandler.enable()
   try:
+    if args.command == "export":
+      from ctjax import export  # pylint: disable=g-import-not-at-top
+      export.export_run(args.workdir, args.to, args.checkpoint)
+      return
     initialize_distributed()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
     from ctjax import train  # pylint: disable=g-import-not-at-top

@@ -27,6 +27,8 @@ import optax
 from ctjax import checkpoint
 from ctjax import config as config_lib
 from ctjax import durations
+from ctjax import evaluators as evaluators_lib
+from ctjax import hf
 from ctjax import metrics as metrics_lib
 from ctjax import models
 from ctjax import optim
@@ -145,11 +147,43 @@ def make_eval_step(model: nn.Module, num_classes: int | None):
   return eval_step
 
 
-def _abstract_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
-  """Global shapes and shardings of a batch, from one process's share."""
-  return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]),
-                                  v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
-          for k, v in local_batch.items()}
+def _abstract_batch(batch: dict[str, Any], mesh) -> dict[str, Any]:
+  """Global shapes and shardings of a batch: a global one (jax.Arrays), or one
+  process's share (NumPy)."""
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+          if isinstance(v, jax.Array) else
+          jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]),
+                               v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
+          for k, v in batch.items()}
+
+
+class CompiledPerShape:
+  """A jitted step, compiled ahead of time once for each batch shape it meets.
+
+  Fixed-shape data compile one program, before the loop (so its memory can be
+  reported and a program that does not fit fails before training starts). Texts
+  padded to length buckets (config.data.length_buckets) compile one per bucket,
+  when a batch of that length first arrives; `jax.jit`'s own cache would do the
+  same, but a program compiled ahead of time takes its arguments with less
+  per-call overhead and is the same object the memory report describes.
+  """
+
+  def __init__(self, jitted, mesh, abstract_state, abstract_sums):
+    self._jitted, self._mesh = jitted, mesh
+    self._abstract_state, self._abstract_sums = abstract_state, abstract_sums
+    self._compiled = {}
+
+  def compile(self, batch: dict[str, Any]):
+    """The program for batches shaped like `batch` (compiled on first use)."""
+    key = tuple(v.shape for v in batch.values())
+    if key not in self._compiled:
+      self._compiled[key] = self._jitted.lower(
+          self._abstract_state, _abstract_batch(batch, self._mesh),
+          self._abstract_sums).compile()
+    return self._compiled[key]
+
+  def __call__(self, state, batch, sums):
+    return self.compile(batch)(state, batch, sums)
 
 
 def _memory_report(compiled) -> str:
@@ -270,6 +304,8 @@ def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the final metrics."""
   # --- 1. Check the config against the devices, before anything compiles. ------
+  # A Hugging Face model_init brings its architecture (its config.json).
+  config = hf.resolve_model_config(config)
   config_lib.validate(config, device_count=jax.device_count(),
                       process_count=jax.process_count())
   model = models.get_model(config.model)
@@ -299,8 +335,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   train_source = splits["train"]
   sched = _resolve_schedule(config, len(train_source))
   preprocess = ops.compose(config.data.get("preprocess"))
-  loaders = {name: pipeline.BatchLoader(s, preprocess,
-                                        num_threads=config.data.num_threads)
+  # Texts of similar lengths share training batches (config.data.group_by_length).
+  loaders = {name: pipeline.BatchLoader(
+      s, preprocess, num_threads=config.data.num_threads,
+      group_by_length=name == "train" and config.data.get("group_by_length", False))
              for name, s in splits.items()}
   eval_batch_size = config.eval_batch_size or config.batch_size
   first_batch = pipeline.train_batch(
@@ -338,10 +376,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   info(transfer.describe() + "\n" + peft.describe_optimizer_memory(
       abstract_state["opt_state"],
       jax.eval_shape(make_optimizer()[0].init, nn.meta.unbox(boxed_params))))
+  # Linear probes, few-shot, ...: checked now, run with the evaluations below.
+  scheduled_evaluators = evaluators_lib.make_evaluators(
+      config.evaluators, model=model, loaders=loaders, mesh=mesh,
+      batch_size=eval_batch_size, data_config=config.data,
+      train_batch_size=config.batch_size, train_examples=len(train_source),
+      model_params=lambda trained: transfer.model_params(*trained),
+      on_batch=lambda: hang_watchdog.step_finished())
 
   # --- 5. Train and eval steps, compiled ahead of time. -------------------------
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract_batch = _abstract_batch(first_batch, mesh)
   num_classes = (getattr(model, "num_classes", None)
                  if first_batch["label"].ndim == 1 else None)
   step_fn = make_train_step(model, tx, config.grad_accum_steps,
@@ -355,11 +399,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     zero_sums = jax.jit(metric_sums.zeros, out_shardings=replicated)()
     # The sums are not donated: every log interval starts from these same zeros.
-    train_step = jax.jit(
+    train_step = CompiledPerShape(jax.jit(
         step_with_sums,
         in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), replicated),
         out_shardings=(state_sh, replicated),
-        donate_argnums=0).lower(abstract_state, abstract_batch, zero_sums).compile()
+        donate_argnums=0), mesh, abstract_state, zero_sums)
     eval_fn = make_eval_step(model, num_classes)
     # Evaluation takes (params, frozen), as the state holds them.
     eval_step = jax.jit(
@@ -368,7 +412,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         out_shardings=replicated)
     fresh_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)),
                           out_shardings=state_sh)
-  info("train step memory:\n" + _memory_report(train_step))
+    first_program = train_step.compile(first_batch)
+  info("train step memory:\n" + _memory_report(first_program))
 
   # --- 6. Restore or initialise. --------------------------------------------------
   manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -408,11 +453,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # queue freely.
   wait_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
 
-  def run_evals(split_names, step):
+  def run_evals(split_names, step, due_evaluators=()):
     # On CPU, two programs with collectives in flight at once can deadlock XLA's
     # in-process rendezvous; let the queued train steps finish first.
     jax.block_until_ready(state)
     results = {}
+    for evaluator in due_evaluators:
+      results.update(evaluator.run((state["params"], state["frozen"])))
     for name in split_names:
       results.update(evaluate(eval_step, (state["params"], state["frozen"]),
                               loaders[name], mesh,
@@ -465,8 +512,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             time_to_save = bool(multihost_utils.broadcast_one_to_all(time_to_save))
 
       is_last = step == sched.total_steps
-      if sched.eval_every and step % sched.eval_every == 0 and not is_last:
-        last_eval = run_evals(config.eval_splits, step)
+      due = [e for e in scheduled_evaluators if e.due(step, sched.total_steps)]
+      splits_due = sched.eval_every and step % sched.eval_every == 0
+      if (splits_due or due) and not is_last:
+        last_eval = run_evals(config.eval_splits if splits_due else (), step, due)
       # The last step is saved after the final evaluation, and a step saves once:
       # Orbax refuses a second save of a step.
       saved = False
@@ -482,7 +531,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         manager.wait_until_finished()
         return {}
 
-    final = run_evals(config.final_eval_splits, step)
+    final = run_evals(config.final_eval_splits, step, scheduled_evaluators)
     if step > start_step:
       save(step, metrics=final, force=True)
     manager.wait_until_finished()

@@ -2,6 +2,8 @@
 
   config.data.tokenizer = "bytes"                   # token = byte of UTF-8, 256 ids
   config.data.tokenizer = "path/to/tokenizer.json"  # via the `tokenizers` package
+  config.data.tokenizer = "path/to/hf_dir"          # its tokenizer.json (say the
+                                                    # config.model_init directory)
 
 A tokenizer.json is what `tokenizer.save(...)` or `save_pretrained` writes, and what
 Hugging Face model repositories ship (BERT, GPT-2, MiniLM, ...). Tokenising a list
@@ -74,11 +76,13 @@ def load(spec: str) -> Tokenizer:
 @functools.lru_cache(maxsize=16)
 def _hf_tokenizer(path: str, max_length: int | None):
   import tokenizers  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise UserError(f"config.data.tokenizer={path!r}: no such file; give \"bytes\" "
-                    "or the path of a Hugging Face tokenizer.json")
+  file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+  if not os.path.isfile(file):
+    raise UserError(f"config.data.tokenizer={path!r}: no such file; give \"bytes\", "
+                    "the path of a Hugging Face tokenizer.json, or a directory "
+                    "holding one")
   try:
-    tokenizer = tokenizers.Tokenizer.from_file(path)
+    tokenizer = tokenizers.Tokenizer.from_file(file)
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f"config.data.tokenizer={path!r}: not a tokenizer.json "
                     f"({str(e).splitlines()[0]}); save one with "

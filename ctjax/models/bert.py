@@ -1,6 +1,6 @@
 """BERT (Devlin et al. 2019) for sequence classification, laid out like Hugging Face's.
 
-Post-norm encoder with exact (erf) GELU and learned absolute positions. Parameter
+Post-norm encoder with exact (erf) GELU (by default) and learned absolute positions. Parameter
 names mirror `BertForSequenceClassification` so checkpoints map one to one:
 
   embeddings/{word_embeddings, position_embeddings, token_type_embeddings}/embedding
@@ -77,6 +77,8 @@ class Model(nn.Module):
     dropout: dropout rate on embeddings, residual branches and the pooled output.
     pad_token_id: the token id marking padding; other tokens never attend to it.
     layer_norm_eps: epsilon of every LayerNorm.
+    activation: the MLP's nonlinearity, by its Hugging Face name (see
+      `layers.ACTIVATIONS`): "gelu" is BERT's exact (erf) GELU.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -91,6 +93,7 @@ class Model(nn.Module):
   dropout: float = 0.1
   pad_token_id: int = 0
   layer_norm_eps: float = 1e-12
+  activation: str = "gelu"
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
@@ -109,7 +112,8 @@ class Model(nn.Module):
     block = functools.partial(
         layers.TransformerBlock, num_heads=self.num_heads,
         mlp_dim=self.intermediate_size, dropout=self.dropout, pre_norm=False,
-        norm_epsilon=self.layer_norm_eps, dtype=self.dtype,
+        norm_epsilon=self.layer_norm_eps,
+        activation=layers.activation(self.activation), dtype=self.dtype,
         param_dtype=self.param_dtype)
     x = layers.TransformerStack(block, self.num_layers, name="encoder")(
         x, mask, train=train)

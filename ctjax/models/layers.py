@@ -55,6 +55,25 @@ def classifier_logits(x: jax.Array, num_classes: int, *, dtype: Dtype,
   return logits.astype(jnp.float32)
 
 
+# Activations by their Hugging Face `hidden_act` / `activation_function` names, so
+# an imported config.json names the very function its checkpoint was trained with.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The nonlinearity `config.model.activation` names."""
+  if name not in ACTIVATIONS:
+    raise UserError(f"config.model.activation={name!r}: choose one of "
+                    f"{', '.join(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
 def norm_layer(kind: str, *, epsilon: float, name: str, dtype: Dtype,
                param_dtype: Dtype) -> nn.Module:
   """LayerNorm or RMSNorm over the last (`embed`) axis."""

@@ -26,6 +26,9 @@ class Model(nn.Module):
     num_heads: attention heads; must divide hidden_size.
     mlp_dim: hidden size of each block's MLP.
     dropout: dropout rate after the embeddings and on each residual branch.
+    layer_norm_eps: epsilon of every LayerNorm (Hugging Face's ViT: 1e-12).
+    activation: the MLP's nonlinearity, by its Hugging Face name (see
+      `layers.ACTIVATIONS`).
     pool: "cls" classifies from a learned [CLS] token, "gap" from the mean of the
       patch tokens.
     dtype: compute dtype.
@@ -38,6 +41,8 @@ class Model(nn.Module):
   num_heads: int = 4
   mlp_dim: int = 128
   dropout: float = 0.0
+  layer_norm_eps: float = 1e-6
+  activation: str = "gelu"
   pool: str = "cls"
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
@@ -82,11 +87,12 @@ class Model(nn.Module):
 
     block = functools.partial(
         layers.TransformerBlock, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        dropout=self.dropout, pre_norm=True, dtype=self.dtype,
+        dropout=self.dropout, pre_norm=True, norm_epsilon=self.layer_norm_eps,
+        activation=layers.activation(self.activation), dtype=self.dtype,
         param_dtype=self.param_dtype)
     x = layers.TransformerStack(block, self.num_layers, name="encoder")(
         x, train=train)
-    x = layers.norm_layer("layernorm", epsilon=1e-6, dtype=self.dtype,
+    x = layers.norm_layer("layernorm", epsilon=self.layer_norm_eps, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="final_norm")(x)
     self.sow("intermediates", "last_hidden_state", x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)

@@ -1,0 +1,83 @@
+"""Fine-tuning runs end to end: text padded to length buckets, evaluators in the loop.
+
+Each test is a real `ctjax train` run (tests/run_util.py) of a tiny BERT on texts
+written here, read by the jsonl source with the byte tokenizer.
+"""
+import json
+
+import numpy as np
+
+import run_util
+import tolerances
+
+# Reorderable float32 terms on the path to the loss of BERT_CONFIG (see
+# tests/tolerances.py): 8 texts of up to 64 tokens, and per token forward the
+# embedding norm and each of 2 layers' norms, projections and MLP over 32 and 64
+# features and attention over up to 64 positions (about 2 x 330), then the pooler
+# and classifier over 32; as many backward.
+BERT_SUM_TERMS = 8 * 64 + 2 * (32 + 2 * 330 + 64)
+
+
+def _write_texts(folder) -> dict[str, str]:
+  """Train and validation JSONL files of texts 1..60 bytes long, 3 classes."""
+  rng = np.random.default_rng(0)
+  words = ("alpha", "beta", "gamma")
+  paths = {}
+  for split, count in (("train", 96), ("validation", 40)):
+    paths[split] = str(folder / f"{split}.jsonl")
+    with open(paths[split], "w") as f:
+      for i in range(count):
+        label = i % 3
+        text = " ".join([words[label]] * int(rng.integers(1, 11)))
+        f.write(json.dumps({"text": text, "label": words[label]}) + "\n")
+  return paths
+
+
+def _bert_config(tmp_path, **data):
+  return {
+      "seed": 0,
+      "data": {"source": "jsonl", "splits": _write_texts(tmp_path),
+               "tokenizer": "bytes", "seq_len": 64, "num_threads": 1,
+               "prefetch": 0, **data},
+      "model": {"name": "bert", "num_classes": 3, "vocab_size": 256,
+                "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+                "intermediate_size": 64, "dropout": 0.0},
+      "batch_size": 8, "train_duration": 12, "log_every": 1, "eval_every": 0,
+      "eval_splits": ("validation",), "final_eval_splits": ("validation",),
+      "optim": {"lr": 1e-3},
+      "checkpoint": {"every": 0},
+  }
+
+
+def test_padding_to_length_buckets_changes_no_result(tmp_path):
+  """Bucketed batches hold the same tokens; BERT masks the padding out."""
+  fixed = run_util.write_config(tmp_path / "fixed", _bert_config(tmp_path))
+  bucketed = run_util.write_config(
+      tmp_path / "bucketed", _bert_config(tmp_path, length_buckets=(16, 32)))
+  run_util.train(fixed, tmp_path / "fixed_run", devices=1)
+  out = run_util.train(bucketed, tmp_path / "bucketed_run", devices=1)
+  # Shorter sequences reorder the attention sums: within the derived bound.
+  tolerances.assert_curves_close(run_util.curve(tmp_path / "bucketed_run"),
+                                 run_util.curve(tmp_path / "fixed_run"),
+                                 BERT_SUM_TERMS)
+  final = lambda run: run_util.metrics(tmp_path / run)[-1]
+  assert (final("bucketed_run")["validation/accuracy"]
+          == final("fixed_run")["validation/accuracy"])
+  assert "step 12/12" in out.stdout
+
+
+def test_evaluators_run_on_their_schedule_and_at_the_end(tmp_path):
+  config = _bert_config(tmp_path, length_buckets=(16, 32), group_by_length=True)
+  config["evaluators"] = (
+      {"type": "linear_probe", "every": 5, "feature": "mean"},
+      {"type": "fewshot", "shots": (1, 2), "feature": "mean"},
+  )
+  path = run_util.write_config(tmp_path, config)
+  run_util.train(path, tmp_path / "run", devices=2)
+  records = run_util.metrics(tmp_path / "run")
+  probe_steps = [r["step"] for r in records if "linear_probe/accuracy" in r]
+  fewshot_steps = [r["step"] for r in records if "fewshot/2shot_accuracy" in r]
+  assert probe_steps == [5, 10, 12] and fewshot_steps == [12]
+  final = records[-1]
+  assert 0 <= final["linear_probe/accuracy"] <= 1
+  assert "validation/accuracy" in final
