@@ -461,7 +461,7 @@ def restore_or_initialize(workdir_manager: ocp.CheckpointManager, config: Any,
   fresh = init_state()
   origin = "initialised from scratch"
   if config.model_init:
-    fresh = _load_model_init(config, abstract_state, fresh, new_params)
+    fresh = load_model_init(config, abstract_state, fresh, new_params)
     origin = f"params from config.model_init={config.model_init}"
   if restored:
     state, position, resumed = restored
@@ -470,7 +470,7 @@ def restore_or_initialize(workdir_manager: ocp.CheckpointManager, config: Any,
   return fresh, None, origin
 
 
-def _load_model_init(config: Any, abstract_state: Any, state: Any,
+def load_model_init(config: Any, abstract_state: Any, state: Any,
                      new_params: tuple[str, ...]) -> Any:
   """`state` with config.model_init's params in its params and frozen parts.
 

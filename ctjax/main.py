@@ -4,6 +4,9 @@
               [--config.a.b=VALUE ...]
   ctjax export --workdir DIR --to OUT [--checkpoint latest|best]
               (a Hugging Face directory that transformers loads; see ctjax/export.py)
+  ctjax eval --workdir DIR [--checkpoint latest|best] [--config.evaluators=...]
+              (the run's evaluators, or others, on a checkpoint; results appended
+              to DIR/metrics.jsonl; see ctjax/evaluators/)
 
 Running the same command again on a workdir resumes it. Mistakes in the config or
 the data print one line naming the key, file or record, and exit with status 2
@@ -58,8 +61,16 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                       "config.checkpoint.best_metric")
   export.add_argument("--verbose", action="store_true",
                       help="on an error, print the full traceback too")
+  evaluate = commands.add_parser(
+      "eval", help="run evaluators (config.evaluators) on a run's checkpoint")
+  evaluate.add_argument("--workdir", required=True, help="the run's folder")
+  evaluate.add_argument("--checkpoint", choices=("latest", "best"),
+                        default="latest", help="which checkpoint: the newest, or "
+                        "the best by the run's config.checkpoint.best_metric")
+  evaluate.add_argument("--verbose", action="store_true",
+                        help="on an error, print the full traceback too")
   args, rest = parser.parse_known_args(argv)
-  if args.command != "train" and rest:
+  if args.command == "export" and rest:
     parser.error(f"unrecognised arguments {' '.join(rest)!r}")
   overrides = []
   for item in rest:
@@ -96,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
       return
     initialize_distributed()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
+    if args.command == "eval":
+      from ctjax import runs  # pylint: disable=g-import-not-at-top
+      from ctjax.evaluators import standalone  # pylint: disable=g-import-not-at-top
+      config = runs.read_config(args.workdir)
+      for override in overrides:  # Say other evaluators than the run's own.
+        config_lib.apply_override(config, override)
+      standalone.run_standalone(config, args.workdir, args.checkpoint)
+      return
     from ctjax import train  # pylint: disable=g-import-not-at-top
     config = config_lib.load_config(args.config, overrides)
     train.train(config, args.workdir or default_workdir(args.config))

@@ -33,6 +33,7 @@ from ctjax import metrics as metrics_lib
 from ctjax import models
 from ctjax import optim
 from ctjax import peft
+from ctjax import runs
 from ctjax import sharding
 from ctjax import watchdog
 from ctjax import writers
@@ -348,6 +349,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # --- 4. Model, optimizer, sharded init. ---------------------------------------
   dummy_inputs = jnp.zeros((1, *first_batch["inputs"].shape[1:]),
                            first_batch["inputs"].dtype)
+  if jax.process_index() == 0:  # `ctjax export` and `eval` rebuild the model.
+    runs.write_model_inputs(workdir, dummy_inputs)
   init_params = lambda rng: model.init({"params": rng}, dummy_inputs,
                                        train=False)["params"]
   root_rng = jax.random.PRNGKey(config.seed)

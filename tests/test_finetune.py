@@ -1,11 +1,15 @@
-"""Fine-tuning runs end to end: text padded to length buckets, evaluators in the loop.
+"""Fine-tuning runs end to end: length buckets, evaluators, LoRA export and eval.
 
-Each test is a real `ctjax train` run (tests/run_util.py) of a tiny BERT on texts
-written here, read by the jsonl source with the byte tokenizer.
+Each test is a real `ctjax train` run (tests/run_util.py) of a tiny BERT: on texts
+written here (the jsonl source, byte tokenizer), or on token arrays from the tiny
+Hugging Face checkpoint of tests/hf_reference/.
 """
 import json
+import subprocess
+import sys
 
 import numpy as np
+import safetensors.numpy
 
 import run_util
 import tolerances
@@ -81,3 +85,79 @@ def test_evaluators_run_on_their_schedule_and_at_the_end(tmp_path):
   final = records[-1]
   assert 0 <= final["linear_probe/accuracy"] <= 1
   assert "validation/accuracy" in final
+
+
+def _token_arrays(folder) -> dict[str, str]:
+  """Train/validation .npz files of 16 token ids below 99 (bert_tiny's vocabulary);
+  the class is which of the tokens 5, 6, 7 a row holds most of."""
+  rng = np.random.default_rng(0)
+  paths = {}
+  for split, count in (("train", 64), ("validation", 24)):
+    x = rng.integers(8, 99, size=(count, 16)).astype(np.int32)
+    y = rng.integers(0, 3, size=count).astype(np.int32)
+    x[:, 1:6] = (5 + y)[:, None]
+    x[:, 0] = 1  # A [CLS]-like first token; the pooler reads position 0.
+    paths[split] = str(folder / f"{split}.npz")
+    np.savez(paths[split], x=x, y=y)
+  return paths
+
+
+def test_lora_run_exports_its_base_weights_with_the_adapters_merged(tmp_path):
+  """A LoRA fine-tune of a Hugging Face checkpoint, exported: every kernel is the
+  base's plus (alpha / rank) A B, computed here in NumPy; the rest is the base's
+  bit for bit, the new head the run's; `ctjax eval` evaluates the same model."""
+  base = run_util.REPO / "tests" / "hf_reference" / "bert_tiny"
+  rank, alpha = 2, 4.0
+  config = {
+      "seed": 0,
+      "data": {"source": "arrays", "splits": _token_arrays(tmp_path),
+               "keys": {"inputs": "x", "label": "y"}, "num_threads": 1,
+               "prefetch": 0},
+      "model": {"name": "bert", "num_classes": 3},
+      "model_init": str(base), "model_init_skip": ("^classifier/",),
+      "lora": {"rank": rank, "alpha": alpha,
+               "targets": ("attention/(query|value)/kernel$",),
+               "trainable": ("^classifier/",)},
+      "batch_size": 8, "train_duration": 6, "log_every": 3, "eval_every": 0,
+      "eval_splits": ("validation",), "final_eval_splits": ("validation",),
+      "optim": {"lr": 3e-2},
+      "checkpoint": {"every": 0},
+  }
+  run = tmp_path / "run"
+  run_util.train(run_util.write_config(tmp_path, config), run, devices=1)
+  result = subprocess.run(
+      [sys.executable, "-m", "ctjax", "export", "--workdir", str(run), "--to",
+       str(tmp_path / "out")], cwd=run_util.REPO, env=run_util.env(1),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+
+  exported = safetensors.numpy.load_file(tmp_path / "out" / "model.safetensors")
+  original = safetensors.numpy.load_file(base / "model.safetensors")
+  saved = run_util.saved_state(run)["params"]
+  merged = set()
+  for layer in range(2):
+    for name in ("query", "value"):
+      adapters = saved["encoder"][f"layer_{layer}"]["attention"][name]
+      a, b = adapters["kernel_lora_a"], adapters["kernel_lora_b"]
+      assert np.abs(b).max() > 0  # The adapters trained.
+      key = f"bert.encoder.layer.{layer}.attention.self.{name}.weight"
+      # Hugging Face keeps [out, in]: the transpose of the [in, out] product.
+      expected = original[key] + (alpha / rank) * (a @ b.reshape(rank, -1)).T
+      # Each entry: a 2-term product and one sum, computed in other orders.
+      tolerances.assert_close_normwise(exported[key], expected,
+                                       tolerances.sum_rtol(rank + 1))
+      merged.add(key)
+  np.testing.assert_array_equal(exported["classifier.weight"],
+                                saved["classifier"]["kernel"].T)
+  np.testing.assert_array_equal(exported["classifier.bias"],
+                                saved["classifier"]["bias"])
+  for key in set(original) - merged - {"classifier.weight", "classifier.bias"}:
+    np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
+
+  result = subprocess.run(
+      [sys.executable, "-m", "ctjax", "eval", "--workdir", str(run),
+       "--config.evaluators=({'type': 'linear_probe'},)"], cwd=run_util.REPO,
+      env=run_util.env(2), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  final = run_util.metrics(run)[-1]
+  assert final["step"] == 6 and 0 <= final["linear_probe/accuracy"] <= 1

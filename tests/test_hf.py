@@ -56,6 +56,7 @@ from ctjax import checkpoint
 from ctjax import config as config_lib
 from ctjax import hf
 from ctjax import models
+from ctjax import runs
 from ctjax import sharding
 from ctjax.data import tokenizer as tokenizer_lib
 from ctjax.errors import UserError
@@ -424,6 +425,7 @@ def saved_run(workdir: pathlib.Path, name: str) -> dict:
   workdir.mkdir()
   (workdir / "config.json").write_text(config_lib.to_json(config))
   _, params = abstract_and_init(models.get_model(model_config), inputs)
+  runs.write_model_inputs(str(workdir), inputs)
   manager = checkpoint.make_manager(str(workdir / "checkpoints"))
   checkpoint.save(manager, {"params": params}, {"step": 3})
   manager.wait_until_finished()
