@@ -108,6 +108,10 @@ def _without_full_disk_tracebacks(record: logging.LogRecord) -> bool:
 
 for _logger in ("absl", "asyncio"):
   logging.getLogger(_logger).addFilter(_without_full_disk_tracebacks)
+# A periodic save between evaluations has no metrics, as intended: the best-metric
+# policy skips it (see make_manager); Orbax's warning about each one is noise.
+logging.getLogger("absl").addFilter(
+    lambda record: "did not provide metrics" not in record.getMessage())
 
 
 _report_unraisable = sys.unraisablehook
@@ -189,8 +193,14 @@ def make_manager(directory: str, checkpoint_config: Any | None = None, *,
           reverse=cfg.best_mode == "min", n=1,
           keep_checkpoints_without_metrics=False))
     preserve = policies.AnyPreservationPolicy(keep)
+  # With a best_fn Orbax also writes each checkpoint's metrics to disk, so that a
+  # resumed run's manager still knows which checkpoint is the best; without one it
+  # keeps them in memory only, and the first save after a restart deleted the best.
+  best = cfg is not None and cfg.best_metric
   options = ocp.CheckpointManagerOptions(
       preservation_policy=preserve,
+      best_fn=(lambda metrics: metrics[cfg.best_metric]) if best else None,
+      best_mode=cfg.best_mode if best else "max",
       enable_async_checkpointing=bool(cfg.async_save) if cfg else False,
       read_only=read_only, create=not read_only)
   # Handlers named up front, so that a fresh manager (a restarted run, or another

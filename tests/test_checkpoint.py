@@ -77,6 +77,9 @@ def assert_completes_like_reference(config: str, workdir, reference,
                               run_util.saved_state(reference, STEPS))
   # Later records of a step (the rerun's) replace the interrupted run's.
   assert run_util.curve(workdir) == run_util.curve(reference)
+  # The best checkpoint (the first, see CONFIG) outlives the restart: the resumed
+  # run's manager reads the saved checkpoints' metrics from disk.
+  assert run_util.checkpoint_steps(workdir) == run_util.checkpoint_steps(reference)
 
 
 def test_keeps_last_k_and_best_checkpoints(reference):

@@ -92,6 +92,24 @@ def test_random_crop_is_a_window_of_the_zero_padded_image_and_reaches_every_one(
   assert all(5 <= n <= 40 for n in counts.values()), counts
 
 
+@pytest.mark.parametrize("mode", ["edge", "reflect"])
+def test_random_crop_pads_with_the_images_own_border_when_asked(mode):
+  crop = ops.compose([f"random_crop({SIZE}, padding={PAD}, mode='{mode}')"])
+  image = _images()[3]
+  # Written out by hand for the top-left window: row/column 0 of the padded image.
+  rows = [2, 1, 0, 1, 2, 3] if mode == "reflect" else [0, 0, 0, 1, 2, 3]
+  cols = [2, 1, 0, 1, 2, 3] if mode == "reflect" else [0, 0, 0, 1, 2, 3]
+  for position in range(200):
+    out = crop({"inputs": image}, np.random.default_rng([0, position]))["inputs"]
+    if np.array_equal(out, image[np.ix_(rows, cols)]):
+      break
+  else:
+    raise AssertionError("no draw of 200 took the top-left window")
+  with pytest.raises(UserError, match=r"random_crop\(mode='wrap'\): choose one of "
+                     "constant, edge, reflect"):
+    ops.compose([f"random_crop({SIZE}, mode='wrap')"])
+
+
 def test_flip_lr_mirrors_about_half_the_examples_and_none_at_evaluation():
   flip = ops.compose(["flip_lr"])
   image = _images()[0]

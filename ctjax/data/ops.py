@@ -126,12 +126,26 @@ def flip_lr(key: str = "inputs") -> Op:
   return op
 
 
-def random_crop(size: int, padding: int = 0, key: str = "inputs") -> Op:
-  """Pads by `padding` (zeros) and crops size x size at random; centre when eval."""
+PAD_MODES = ("constant", "edge", "reflect")
+
+
+def random_crop(size: int, padding: int = 0, mode: str = "constant",
+                key: str = "inputs") -> Op:
+  """Pads by `padding` and crops size x size at random; centre when eval.
+
+  `mode` fills the padding as `np.pad` does: "constant" with zeros (CIFAR's
+  recipe, meant after `normalize`, where zero is the mean), "edge" repeating the
+  border, "reflect" mirroring it. Before `normalize`, zeros are black bars that
+  evaluation images never have; "reflect" keeps the image's own background.
+  """
+  if mode not in PAD_MODES:
+    raise UserError(f"config.data.preprocess: random_crop(mode={mode!r}): choose "
+                    f"one of {', '.join(PAD_MODES)}")
+
   def op(example, rng):
     x = example[key]
     if padding:
-      x = np.pad(x, ((padding, padding), (padding, padding), (0, 0)))
+      x = np.pad(x, ((padding, padding), (padding, padding), (0, 0)), mode=mode)
     h, w = x.shape[:2]
     if h < size or w < size:
       raise UserError(f"config.data.preprocess: random_crop({size}, padding="
