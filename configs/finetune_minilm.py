@@ -66,7 +66,7 @@ def minilm_dir() -> str:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  arg = parse_arg(arg, data=DEFAULT_DATA, init="minilm", epochs=3)
+  arg = parse_arg(arg, data=DEFAULT_DATA, init="minilm", epochs=5)
   if arg.init not in ("minilm", "scratch", "frozen"):
     raise UserError(f"config argument init={arg.init!r}: choose minilm, scratch "
                     "or frozen")
@@ -96,7 +96,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model_init_skip = ("^classifier/",)  # The new head starts fresh.
   c.batch_size = 32
   c.train_duration = f"{arg.epochs} epochs"
-  c.optim = dict(name="adamw", lr=1e-4, weight_decay=0.01, clip_norm=1.0,
+  c.optim = dict(name="adamw", lr=3e-4, weight_decay=0.01, clip_norm=1.0,
                  schedule=dict(name="warmup_cosine", warmup="0.3 epochs"))
   if arg.init == "scratch":
     c.optim.lr = 5e-4
