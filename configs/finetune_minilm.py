@@ -28,8 +28,33 @@ Texts are padded to buckets of 16, 32, 48, 64, 96 or 128 tokens, and batches
 group texts of similar length: a handful of compiled shapes, and 61 tokens a text
 on average instead of 128.
 
-Measured: see the table below (`benchmarks/finetune.py` compares the speed with
-Hugging Face's Trainer).
+Measured on the test split (351 docstrings; 2026-11-30, 2-core AMD EPYC, 1 CPU
+device, jax 0.10.2, Python 3.11.7; batch 32, 5 epochs = 259 steps, the commands
+above with `:epochs=5`, the default):
+
+  | model                                              | test accuracy |
+  | -------------------------------------------------- | ------------: |
+  | fine-tuned (init=minilm, every weight, lr 3e-4)    | 0.8291 |
+  | LoRA rank 8 (configs/finetune_minilm_lora.py)      | 0.8376 |
+  | same architecture from scratch (init=scratch)      | 0.4587 |
+  | frozen encoder, trained linear head (init=frozen)  | 0.7293 |
+  | linear probe, ridge on frozen mean-pooled features | 0.8063 |
+  | few-shot on frozen features, 1 / 5 / 10 per class  | 0.312 / 0.555 / 0.633 |
+  | zero-shot, nearest topic description (cosine)      | 0.6325 |
+  | TF-IDF + logistic regression (scikit-learn)        | 0.8177 |
+
+(Probe, few-shot and zero-shot rows: the evaluators of the init=frozen run, that
+is the pretrained features; few-shot is the mean of 3 draws, std 0.06 / 0.02 /
+0.04. TF-IDF: words and word pairs, C=10 chosen on validation;
+`python benchmarks/finetune.py --only tfidf`.) Validation accuracy of the
+fine-tuned run: 0.8715. The first version of this config, 3 epochs at lr 1e-4,
+scored 0.7892, below TF-IDF: its training loss was still 0.74 at the end
+(underfitting, not overfitting), so it got more steps and a larger step size.
+The LoRA run trains 483,466 values (2.1%) and its last checkpoint (adapters,
+classifier, pooler and their Adam moments) takes 5.6 MB on disk against 175 MB
+for full fine-tuning; freezing everything but the head keeps 31 KB of optimizer
+state instead of 182 MB. `benchmarks/finetune.py` compares the speed with
+Hugging Face's Trainer (benchmarks/README.md).
 """
 import os
 

@@ -20,6 +20,7 @@ import pytest
 
 import tolerances
 from ctjax.errors import UserError
+from ctjax.models import cnn
 from ctjax.models import get_model
 from ctjax.models import layers
 
@@ -329,3 +330,26 @@ def test_invalid_values_name_their_key():
     param_shapes(model, jnp.ones((1, 8, 8, 1)))
   with pytest.raises(UserError, match=r"config\.model\.dtype"):
     get_model(dict(name="mlp", dtype="float33"))
+
+
+@pytest.mark.parametrize("side, stem, widths, final", [
+    (8, "small", (32, 64), 4),            # digits: as the fixed layout was
+    (32, "small", (32, 64, 128), 8),      # CIFAR: ResNet's 3x3 stem
+    (224, "large", (32, 64, 128, 256), 7),  # ImageNet: 7x7/2 stem, max-pool, 4 stages
+])
+def test_cnn_layout_follows_the_image_size(side, stem, widths, final):
+  assert cnn.auto_layout(side, side) == (stem, widths)
+  model = get_model(dict(name="cnn", num_classes=3))
+  inputs = jnp.zeros((1, side, side, 3))
+
+  def outputs(x):
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x)["params"])
+    return params, model.apply({"params": params}, x, capture_intermediates=True,
+                               mutable=["intermediates"])[1]["intermediates"]
+
+  params, intermediates = jax.eval_shape(outputs, inputs)
+  assert params["stem_conv"]["kernel"].shape[0] == (7 if stem == "large" else 3)
+  last = f"stage{len(widths) - 1}_block0"
+  assert f"stage{len(widths)}_block0" not in params
+  # The last stage's output: widths[-1] channels on a final x final map.
+  assert intermediates[last]["__call__"][0].shape == (1, final, final, widths[-1])
