@@ -25,6 +25,7 @@ wasted work, not throughput), and test accuracy at the end. The Trainer runs wit
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,7 +36,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What both sides share; the ctjax side reads them through config overrides.
-EPOCHS, BATCH, LR, WARMUP, WEIGHT_DECAY, MAX_LENGTH = 2, 32, 3e-4, 0.1, 0.01, 128
+# WARMUP_EPOCHS is configs/finetune_minilm.py's warm-up.
+EPOCHS, BATCH, LR, WARMUP_EPOCHS, WEIGHT_DECAY, MAX_LENGTH = 2, 32, 3e-4, 0.3, 0.01, 128
 
 
 def data_dir() -> str:
@@ -147,8 +149,11 @@ def trainer_worker(data: str, model_dir: str, group_by_length: bool,
   args = transformers.TrainingArguments(
       output_dir=output, per_device_train_batch_size=BATCH,
       per_device_eval_batch_size=128, num_train_epochs=EPOCHS, learning_rate=LR,
-      warmup_ratio=WARMUP, lr_scheduler_type="cosine", weight_decay=WEIGHT_DECAY,
-      max_grad_norm=1.0, group_by_length=group_by_length, save_strategy="no",
+      warmup_steps=math.ceil(WARMUP_EPOCHS * len(splits["train"]) / BATCH),
+      lr_scheduler_type="cosine", weight_decay=WEIGHT_DECAY,
+      max_grad_norm=1.0, save_strategy="no",
+      # transformers 5 names it so (4.x: group_by_length=True).
+      train_sampling_strategy="group_by_length" if group_by_length else "random",
       logging_strategy="no", report_to=[], seed=0, use_cpu=True)
   trainer = transformers.Trainer(
       model=model, args=args, train_dataset=Texts(splits["train"]),
@@ -198,17 +203,23 @@ def main() -> None:
     print(f"{baseline['run']}: test accuracy {baseline['test_accuracy']:.4f}")
     if args.only == "tfidf":
       return
+  runs = []
+  if args.only in (None, "trainer"):
+    runs.append(lambda tmp: run_trainer("Trainer default", args.torch_python, data,
+                                        model_dir, False))
+  if args.only in (None, "ctjax"):
+    runs.append(lambda tmp: run_ctjax("ctjax buckets", [], f"{tmp}/buckets"))
+  if args.only in (None, "trainer"):
+    runs.append(lambda tmp: run_trainer("Trainer grouped", args.torch_python, data,
+                                        model_dir, True))
+  if args.only in (None, "ctjax"):
+    runs.append(lambda tmp: run_ctjax("ctjax fixed", [
+        "--config.data.length_buckets=()", "--config.data.group_by_length=False"],
+        f"{tmp}/fixed"))
   with tempfile.TemporaryDirectory() as tmp:
-    if args.only in (None, "ctjax"):
-      results.append(run_ctjax("ctjax fixed", [
-          "--config.data.length_buckets=()", "--config.data.group_by_length=False"],
-          f"{tmp}/fixed"))
-      results.append(run_ctjax("ctjax buckets", [], f"{tmp}/buckets"))
-    if args.only in (None, "trainer"):
-      results.append(run_trainer("Trainer default", args.torch_python, data,
-                                 model_dir, False))
-      results.append(run_trainer("Trainer grouped", args.torch_python, data,
-                                 model_dir, True))
+    for run in runs:  # Each printed as it ends: a long benchmark keeps its rows.
+      results.append(run(tmp))
+      print(json.dumps(results[-1]), flush=True)
   tokens = real_tokens(data, os.path.join(model_dir, "tokenizer.json"))
   train_examples = sum(1 for _ in open(os.path.join(data, "train.jsonl")))
   print(f"\n{train_examples} training texts x {EPOCHS} epochs, batch {BATCH}, "
