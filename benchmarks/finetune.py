@@ -113,6 +113,7 @@ def real_tokens(data: str, tokenizer_json: str) -> int:
   """Tokens of an epoch of the train split, without padding, as truncated."""
   import tokenizers  # pylint: disable=g-import-not-at-top
   tok = tokenizers.Tokenizer.from_file(tokenizer_json)
+  tok.no_padding()  # The file's own padding (to 128) would count pad tokens.
   tok.enable_truncation(MAX_LENGTH)
   texts = [json.loads(l)["text"] for l in open(os.path.join(data, "train.jsonl"))]
   return sum(len(e.ids) for e in tok.encode_batch(texts))
