@@ -120,10 +120,7 @@ def load_model(workdir: str, which: str = "latest", *,
   split = lambda r: plan.split(init(r), jax.random.fold_in(r, 2))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(split, rng)
-  shardings = sharding.state_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.meta.unbox(boxed), shardings)
+  abstract, shardings = sharding.abstract_state(boxed, mesh, rules)
 
   manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir),
                                     read_only=True)

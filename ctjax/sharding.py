@@ -58,6 +58,18 @@ def state_shardings(abstract_boxed_state: Any, mesh: Mesh,
       mesh_specs, shapes, is_leaf=lambda s: isinstance(s, P))
 
 
+def abstract_state(abstract_boxed_state: Any, mesh: Mesh, rules: Any
+                   ) -> tuple[Any, Any]:
+  """(ShapeDtypeStructs carrying their shardings, the shardings) of a boxed state,
+  as `jax.eval_shape` of its initialiser gives it: what restoring and AOT
+  compilation take."""
+  shardings = state_shardings(abstract_boxed_state, mesh, rules)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.meta.unbox(abstract_boxed_state), shardings)
+  return abstract, shardings
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 

@@ -21,13 +21,13 @@ that the trainer writes to WORKDIR/splits.json, so a split can be reproduced and
 checked.
 """
 import hashlib
-import importlib
 import json
 import os
 from typing import Any
 
 import numpy as np
 
+from ctjax import by_name
 from ctjax.data import records
 from ctjax.errors import UserError
 
@@ -83,17 +83,12 @@ def fraction_indices(num_examples: int, fractions: dict[str, float], *,
 
 def _source_module(data_config: Any):
   name = data_config.source
-  try:
-    return importlib.import_module(f"ctjax.data.sources.{name}")
-  except ModuleNotFoundError as e:
-    if e.name != f"ctjax.data.sources.{name}":
-      raise
-    import pkgutil  # pylint: disable=g-import-not-at-top
-    import ctjax.data.sources  # pylint: disable=g-import-not-at-top
-    known = sorted(m.name for m in pkgutil.iter_modules(ctjax.data.sources.__path__))
+  module = by_name.find("ctjax.data.sources", name)
+  if module is None:
     raise UserError(f"config.data.source={name!r}: no module "
                     f"ctjax/data/sources/{name}.py; choose one of "
-                    f"{', '.join(known)}") from None
+                    f"{', '.join(by_name.names('ctjax.data.sources'))}")
+  return module
 
 
 def open_splits(data_config: Any, *, state_dir: str | None = None,

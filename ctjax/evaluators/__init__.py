@@ -24,15 +24,14 @@ compiles nothing, so every mistake stops the run before the first compilation.
 arrays) and returns the same numbers on each.
 """
 import dataclasses
-import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 
+from ctjax import by_name
 from ctjax import durations
 from ctjax.data import pipeline
 from ctjax.errors import UserError
@@ -94,9 +93,7 @@ class Scheduled:
 
 def types() -> list[str]:
   """Names of the modules in ctjax/evaluators/ that define an `Evaluator`."""
-  return sorted(info.name for info in pkgutil.iter_modules(__path__)
-                if hasattr(importlib.import_module(f"{__name__}.{info.name}"),
-                           "Evaluator"))
+  return by_name.names(__name__, "Evaluator")
 
 
 def make_evaluators(evaluator_configs: Sequence[Any], *, model: nn.Module,
@@ -148,15 +145,8 @@ def make_evaluators(evaluator_configs: Sequence[Any], *, model: nn.Module,
 
 
 def _evaluator_class(type_name: Any, key: str) -> type:
-  module = None
-  if isinstance(type_name, str) and type_name.isidentifier():
-    try:
-      module = importlib.import_module(f"{__name__}.{type_name}")
-    except ModuleNotFoundError as e:
-      # A module that exists but fails to import is a bug to see, not a typo.
-      if e.name != f"{__name__}.{type_name}":
-        raise
-  if not hasattr(module, "Evaluator"):
+  module = by_name.find(__name__, type_name, "Evaluator")
+  if module is None:
     raise UserError(f"{key}.type={type_name!r}: no module "
                     f"ctjax/evaluators/{type_name}.py with an Evaluator; choose one "
                     f"of {', '.join(types())}")

@@ -10,14 +10,13 @@ model computes before its head (for probes, retrieval and parity checks).
 """
 
 import dataclasses
-import importlib
-import pkgutil
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctjax import by_name
 from ctjax.errors import UserError
 
 # Fields that every flax Module has; they are not model configuration.
@@ -26,12 +25,7 @@ _MODULE_FIELDS = ("parent", "name")
 
 def families() -> list[str]:
   """Names of the modules in ctjax/models/ that define a `Model`."""
-  names = []
-  for info in pkgutil.iter_modules(__path__):
-    module = importlib.import_module(f"{__name__}.{info.name}")
-    if hasattr(module, "Model"):
-      names.append(info.name)
-  return sorted(names)
+  return by_name.names(__name__, "Model")
 
 
 def get_model(model_config: Any) -> nn.Module:
@@ -52,15 +46,8 @@ def get_model(model_config: Any) -> nn.Module:
     model_config = model_config.to_dict()
   kwargs = dict(model_config)
   name = kwargs.pop("name", None)
-  module = None
-  if isinstance(name, str) and name.isidentifier():
-    try:
-      module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as e:
-      # A module that exists but fails to import is a bug to see, not a typo.
-      if e.name != f"{__name__}.{name}":
-        raise
-  if not hasattr(module, "Model"):
+  module = by_name.find(__name__, name, "Model")
+  if module is None:
     raise UserError(f"config.model.name={name!r}: no module ctjax/models/{name}.py "
                     f"with a Model; choose one of {', '.join(families())}")
 
