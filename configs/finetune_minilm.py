@@ -54,13 +54,16 @@ The LoRA run trains 483,466 values (2.1%) and its last checkpoint (adapters,
 classifier, pooler and their Adam moments) takes 5.6 MB on disk against 175 MB
 for full fine-tuning; freezing everything but the head keeps 31 KB of optimizer
 state instead of 182 MB. `benchmarks/finetune.py` compares the speed with
-Hugging Face's Trainer (benchmarks/README.md).
+Hugging Face's Trainer (benchmarks/README.md): at 5 epochs, 14.9 examples/s
+against its 9.8 with default padding (1.52x; test accuracy 0.829 against 0.832)
+and 25.2 with `group_by_length`.
 """
 import os
 
 from ml_collections import ConfigDict
 
 from ctjax.config import parse_arg
+from ctjax.data import example_sets
 from ctjax.errors import UserError
 
 DEFAULT_DATA = "~/.cache/ctjax/docstring_topics"
@@ -96,10 +99,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     raise UserError(f"config argument init={arg.init!r}: choose minilm, scratch "
                     "or frozen")
   data = os.path.expanduser(arg.data)
-  if arg.data == DEFAULT_DATA and not os.path.exists(os.path.join(data,
-                                                                  "test.jsonl")):
-    from ctjax.data import example_sets  # pylint: disable=g-import-not-at-top
-    example_sets.docstring_topics(data)
+  if arg.data == DEFAULT_DATA:
+    data = example_sets.cached("docstring_topics")
   checkpoint = minilm_dir()
 
   c = ConfigDict()

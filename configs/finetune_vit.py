@@ -25,6 +25,7 @@ import jax
 from ml_collections import ConfigDict
 
 from ctjax.config import parse_arg
+from ctjax.data import example_sets
 
 DEFAULT_INIT = "~/.cache/ctjax/vit_random_32px"
 DEFAULT_DATA = "~/.cache/ctjax/digit_images"
@@ -53,9 +54,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
   init, data = os.path.expanduser(arg.init), os.path.expanduser(arg.data)
   if arg.init == DEFAULT_INIT and not os.path.exists(init):
     write_stand_in(init)
-  if arg.data == DEFAULT_DATA and not os.path.exists(os.path.join(data, "test")):
-    from ctjax.data import example_sets  # pylint: disable=g-import-not-at-top
-    example_sets.digit_images(data)
+  if arg.data == DEFAULT_DATA:
+    data = example_sets.cached("digit_images")
 
   c = ConfigDict()
   c.seed = 0

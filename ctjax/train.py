@@ -370,10 +370,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_state, root_rng)
-  state_sh = sharding.state_shardings(boxed, mesh, rules)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.meta.unbox(boxed), state_sh)
+  abstract_state, state_sh = sharding.abstract_state(boxed, mesh, rules)
   info("parameters:\n" + sharding.describe_params(abstract_state["params"],
                                                   state_sh["params"]))
   info(transfer.describe() + "\n" + peft.describe_optimizer_memory(
@@ -457,9 +454,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   wait_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
 
   def run_evals(split_names, step, due_evaluators=()):
+    nonlocal tick
     # On CPU, two programs with collectives in flight at once can deadlock XLA's
     # in-process rendezvous; let the queued train steps finish first.
     jax.block_until_ready(state)
+    started = time.perf_counter()
     results = {}
     for evaluator in due_evaluators:
       results.update(evaluator.run((state["params"], state["frozen"])))
@@ -471,6 +470,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                               on_batch=hang_watchdog.step_finished))
     writer.write(step, results)
     info(f"step {step}: {writers.format_scalars(results)}")
+    # Evaluation is not training: its time leaves the interval that
+    # train/steps_per_s and the ETA measure (the steps before it were waited for).
+    tick += time.perf_counter() - started
     return results
 
   def save(step, metrics=None, force=False):

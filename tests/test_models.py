@@ -333,8 +333,8 @@ def test_invalid_values_name_their_key():
 
 
 @pytest.mark.parametrize("side, stem, widths, final", [
-    (8, "small", (32, 64), 4),            # digits: as the fixed layout was
-    (32, "small", (32, 64, 128), 8),      # CIFAR: ResNet's 3x3 stem
+    (8, "small", (16, 32), 4),            # digits
+    (32, "small", (16, 32, 64), 8),       # CIFAR: ResNet's 3x3 stem and widths
     (224, "large", (32, 64, 128, 256), 7),  # ImageNet: 7x7/2 stem, max-pool, 4 stages
 ])
 def test_cnn_layout_follows_the_image_size(side, stem, widths, final):

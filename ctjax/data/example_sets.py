@@ -24,6 +24,7 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
 import sysconfig
 
@@ -139,9 +140,29 @@ def digit_images(out: str, *, per_class: int = 50, size: int = 32,
   return counts
 
 
+SETS = ("docstring_topics", "digit_images")
+
+
+def cached(name: str) -> str:
+  """~/.cache/ctjax/NAME, holding the set NAME (default arguments), made on first
+  use. Written whole to a temporary folder and then renamed, so a killed run never
+  leaves half a set there, and of several processes making it at once one wins."""
+  path = os.path.join(os.path.expanduser("~/.cache/ctjax"), name)
+  if not os.path.exists(path):
+    temporary = f"{path}.{os.getpid()}.tmp"
+    globals()[name](temporary)
+    try:
+      os.rename(temporary, path)
+    except OSError:  # Another process renamed its copy first.
+      if not os.path.exists(path):
+        raise
+      shutil.rmtree(temporary)
+  return path
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("name", choices=("docstring_topics", "digit_images"))
+  parser.add_argument("name", choices=SETS)
   parser.add_argument("out")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
