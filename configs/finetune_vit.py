@@ -17,7 +17,14 @@ digits of random size, place and colour; ~/.cache/ctjax/digit_images, or
 8x8 grid of position embeddings is resized (bicubic) to 12x12 when the checkpoint
 is loaded, and the run says so. The new classifier starts fresh.
 
-Measured: not yet (see the closing note of the session that added it).
+Measured with the random stand-in (2026-11-30, 2-core AMD EPYC, 1 CPU device, the
+first command above, 2 min): test accuracy 0.10, validation 0.07-0.14 over the
+run, training loss 2.32 -> 2.09 in 282 steps: chance. A ViT from random weights
+does not learn from 300 images in 30 epochs (ViTs need far more data or
+pretraining; configs/digit_images_cnn.py's CNN reaches 0.80 on the same folder),
+so with the stand-in this config shows the mechanics (loading, the resized
+position table, a fresh head), not transfer. With a real pretrained ViT, measure
+it on your data.
 """
 import os
 
