@@ -29,14 +29,11 @@ from ml_collections import ConfigDict
 from ctjax.config import parse_arg
 from ctjax.data import example_sets
 
-DEFAULT_DATA = "~/.cache/ctjax/digit_images"
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  arg = parse_arg(arg, data=DEFAULT_DATA, epochs=150)
-  data = os.path.expanduser(arg.data)
-  if arg.data == DEFAULT_DATA:
-    data = example_sets.cached("digit_images")
+  arg = parse_arg(arg, data="~/.cache/ctjax/digit_images", epochs=150)
+  data = example_sets.folder(arg.data)
 
   c = ConfigDict()
   c.seed = 0

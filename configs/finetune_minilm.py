@@ -66,7 +66,6 @@ from ctjax.config import parse_arg
 from ctjax.data import example_sets
 from ctjax.errors import UserError
 
-DEFAULT_DATA = "~/.cache/ctjax/docstring_topics"
 # The zero-shot evaluator embeds these descriptions, one per topic (label names,
 # sorted, are the class ids).
 TOPIC_DESCRIPTIONS = {
@@ -94,13 +93,12 @@ def minilm_dir() -> str:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  arg = parse_arg(arg, data=DEFAULT_DATA, init="minilm", epochs=5)
+  arg = parse_arg(arg, data="~/.cache/ctjax/docstring_topics", init="minilm",
+                  epochs=5)
   if arg.init not in ("minilm", "scratch", "frozen"):
     raise UserError(f"config argument init={arg.init!r}: choose minilm, scratch "
                     "or frozen")
-  data = os.path.expanduser(arg.data)
-  if arg.data == DEFAULT_DATA:
-    data = example_sets.cached("docstring_topics")
+  data = example_sets.folder(arg.data)
   checkpoint = minilm_dir()
 
   c = ConfigDict()

@@ -35,7 +35,6 @@ from ctjax.config import parse_arg
 from ctjax.data import example_sets
 
 DEFAULT_INIT = "~/.cache/ctjax/vit_random_32px"
-DEFAULT_DATA = "~/.cache/ctjax/digit_images"
 STAND_IN = dict(name="vit", num_classes=10, patch_size=4, hidden_size=64,
                 num_layers=4, num_heads=4, mlp_dim=128, pool="cls")
 
@@ -56,13 +55,11 @@ def write_stand_in(path: str) -> None:
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-  arg = parse_arg(arg, init=DEFAULT_INIT, data=DEFAULT_DATA, image_size=48,
-                  epochs=30)
-  init, data = os.path.expanduser(arg.init), os.path.expanduser(arg.data)
+  arg = parse_arg(arg, init=DEFAULT_INIT, data="~/.cache/ctjax/digit_images",
+                  image_size=48, epochs=30)
+  init, data = os.path.expanduser(arg.init), example_sets.folder(arg.data)
   if arg.init == DEFAULT_INIT and not os.path.exists(init):
     write_stand_in(init)
-  if arg.data == DEFAULT_DATA:
-    data = example_sets.cached("digit_images")
 
   c = ConfigDict()
   c.seed = 0

@@ -141,13 +141,27 @@ def digit_images(out: str, *, per_class: int = 50, size: int = 32,
 
 
 SETS = ("docstring_topics", "digit_images")
+CACHE = "~/.cache/ctjax"
+
+
+def folder(path: str) -> str:
+  """`path` with ~ expanded; CACHE/NAME for a set NAME is made on first use.
+
+  Configs take their data folder as an argument whose default is the set's place
+  in the cache: a user's own folder is used as it is, never written to.
+  """
+  path = os.path.expanduser(path)
+  name = os.path.basename(path)
+  if os.path.dirname(path) == os.path.expanduser(CACHE) and name in SETS:
+    return cached(name)
+  return path
 
 
 def cached(name: str) -> str:
-  """~/.cache/ctjax/NAME, holding the set NAME (default arguments), made on first
-  use. Written whole to a temporary folder and then renamed, so a killed run never
+  """CACHE/NAME, holding the set NAME (default arguments), made on first use.
+  Written whole to a temporary folder and then renamed, so a killed run never
   leaves half a set there, and of several processes making it at once one wins."""
-  path = os.path.join(os.path.expanduser("~/.cache/ctjax"), name)
+  path = os.path.join(os.path.expanduser(CACHE), name)
   if not os.path.exists(path):
     temporary = f"{path}.{os.getpid()}.tmp"
     globals()[name](temporary)
