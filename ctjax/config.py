@@ -30,6 +30,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from ctjax import tasks
 from ctjax.errors import UserError
 
 # Subtrees whose keys depend on the chosen model or source; checked elsewhere.
@@ -43,6 +44,10 @@ def base_config() -> ConfigDict:
   """Every option with its default. Experiments override what they need."""
   c = ConfigDict()
   c.seed = 0
+  # What the model learns (ctjax/tasks/): "classification" (one class per example
+  # or token), "multilabel" (a 0/1 vector of labels), "regression" (real targets).
+  # The model's num_classes is its number of outputs for each.
+  c.task = "classification"
   c.model = ConfigDict({"name": "mlp"})
   c.data = ConfigDict({
       "source": "synthetic",
@@ -90,13 +95,15 @@ def base_config() -> ConfigDict:
   )
 
   c.log_every = "50 steps"
+  # The task's metrics on whole splits, when config.evaluators lists no
+  # dict(type="metrics", ...) (which says more: which statistics, slices, ...).
   c.eval_every = "500 steps"     # and always at the end; 0 means only at the end
   c.eval_splits = ("validation",)  # evaluated periodically
   c.final_eval_splits = ("validation", "test")  # evaluated once at the end
   c.eval_batch_size = 0          # 0: same as batch_size
-  # More evaluations, each a dict with a `type` naming ctjax/evaluators/TYPE.py
-  # (linear_probe, fewshot, zeroshot), `every` (a duration; 0: only at the end)
-  # and that type's options; see ctjax/evaluators/__init__.py.
+  # Evaluations, each a dict with a `type` naming ctjax/evaluators/TYPE.py
+  # (metrics, linear_probe, fewshot, zeroshot), `every` (a duration; 0: only at
+  # the end) and that type's options; see ctjax/evaluators/__init__.py.
   c.evaluators = ()
   c.bits_per_byte = False        # byte-level LMs: also report loss in bits/byte
 
@@ -218,7 +225,9 @@ def _close(key: str, candidates) -> list[str]:
 
 
 def validate(config: ConfigDict, *, device_count: int, process_count: int) -> None:
-  """Checks the shapes of the run against the devices: mesh and batch sizes."""
+  """Checks the task, and the shapes of the run against the devices: mesh and
+  batch sizes."""
+  tasks.get(config.task)
   sizes = dict(config.mesh)
   if set(sizes) != {"data", "fsdp", "tensor"}:
     raise UserError(f"config.mesh={sizes}: give exactly data, fsdp and tensor sizes")

@@ -7,6 +7,10 @@
   ctjax eval --workdir DIR [--checkpoint latest|best] [--config.evaluators=...]
               (the run's evaluators, or others, on a checkpoint; results appended
               to DIR/metrics.jsonl; see ctjax/evaluators/)
+  ctjax cv --config configs/NAME.py[:ARG] --workdir DIR [--folds 5] [--stratified]
+           [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
+              (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
+              a table of them in DIR/cv.md and cv.csv; see ctjax/cv.py)
 
 Running the same command again on a workdir resumes it. Mistakes in the config or
 the data print one line naming the key, file or record, and exit with status 2
@@ -69,6 +73,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         "the best by the run's config.checkpoint.best_metric")
   evaluate.add_argument("--verbose", action="store_true",
                         help="on an error, print the full traceback too")
+  from ctjax import cv  # pylint: disable=g-import-not-at-top
+  cv.add_arguments(commands.add_parser(
+      "cv", help="k-fold cross-validation: a run per fold, and a table of them"))
   args, rest = parser.parse_known_args(argv)
   if args.command == "export" and rest:
     parser.error(f"unrecognised arguments {' '.join(rest)!r}")
@@ -105,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
       from ctjax import export  # pylint: disable=g-import-not-at-top
       export.export_run(args.workdir, args.to, args.checkpoint)
       return
+    if args.command == "cv":  # Each fold is a `ctjax train` process of its own.
+      from ctjax import cv  # pylint: disable=g-import-not-at-top
+      sys.exit(cv.cross_validate(args, overrides))
     initialize_distributed()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
     if args.command == "eval":

@@ -58,7 +58,9 @@ def classification_stats(logits: jax.Array, labels: jax.Array, mask: jax.Array, 
     logits: [..., C] scores.
     labels: [...] integer classes; values at padded positions are ignored, whatever
       they are.
-    mask: [...] 1 (or True) for real examples, 0 for padding.
+    mask: [...] 1 (or True) for real examples, 0 for padding; or non-negative
+      integer weights, an example of weight w counting w times in every statistic
+      (a bootstrap resample: see ctjax/slices.py).
     num_classes: when given, also returns the [C, C] confusion matrix.
     top_k: for each k, also counts the examples whose label is among the k
       highest-scored classes.
@@ -83,39 +85,41 @@ def classification_stats(logits: jax.Array, labels: jax.Array, mask: jax.Array, 
   # Every statistic is a sum over examples, so the batch is a flat list of them.
   logits = jnp.reshape(logits, (-1, logits.shape[-1])).astype(jnp.float32)
   labels = jnp.ravel(labels)
-  real = jnp.ravel(jnp.asarray(mask)).astype(bool)
+  weight = jnp.ravel(jnp.asarray(mask)).astype(jnp.int32)
+  real = weight > 0
   # jnp.where, not a product, so that a NaN loss at a padded position (garbage
   # logits, or a label such as -1 out of range) cannot leak into the sum.
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   predictions = jnp.argmax(logits, axis=-1)
   correct = real & (predictions == labels)
   stats = {
-      "loss_sum": jnp.sum(jnp.where(real, loss, 0.0)),
-      "correct": jnp.sum(correct, dtype=jnp.int32),
-      "count": jnp.sum(real, dtype=jnp.int32),
+      "loss_sum": jnp.sum(jnp.where(real, loss * weight, 0.0)),
+      "correct": jnp.sum(jnp.where(correct, weight, 0)),
+      "count": jnp.sum(weight),
   }
   if num_classes is not None:
     # confusion[label, prediction] += 1 for every real example. Padded positions
     # add 0 wherever their labels point, and mode="drop" skips out-of-range ones.
     stats["confusion"] = jnp.zeros((num_classes, num_classes), jnp.int32).at[
-        labels, predictions].add(real.astype(jnp.int32), mode="drop")
+        labels, predictions].add(weight, mode="drop")
   if top_k:
-    stats.update(_top_k_correct(logits, labels, real, top_k))
+    stats.update(_top_k_correct(logits, labels, weight, top_k))
   if brier or calibration_bins or auc_bins:
     # Zero at padded positions, whose logits may be NaN: a bin index computed from
     # NaN would be arbitrary.
     probabilities = jnp.where(real[:, None], jax.nn.softmax(logits), 0.0)
     if brier:
-      stats["brier_sum"] = _brier_sum(probabilities, labels, real)
+      stats["brier_sum"] = _brier_sum(probabilities, labels, weight)
     if calibration_bins:
-      stats.update(_calibration_stats(probabilities, correct, real,
+      stats.update(_calibration_stats(probabilities, correct, weight,
                                       calibration_bins))
     if auc_bins:
-      stats["auc_histogram"] = _auc_histogram(probabilities, labels, real, auc_bins)
+      stats["auc_histogram"] = _auc_histogram(probabilities, labels, weight,
+                                              auc_bins)
   return stats
 
 
-def _top_k_correct(logits: jax.Array, labels: jax.Array, real: jax.Array,
+def _top_k_correct(logits: jax.Array, labels: jax.Array, weight: jax.Array,
                    top_k: tuple[int, ...]) -> dict[str, jax.Array]:
   """{"correct_top{k}": examples whose label is among the k highest scores}.
 
@@ -126,12 +130,12 @@ def _top_k_correct(logits: jax.Array, labels: jax.Array, real: jax.Array,
   """
   label_logits = jnp.take_along_axis(logits, labels[:, None], axis=1, mode="clip")
   rank = jnp.sum(logits > label_logits, axis=1)
-  return {f"correct_top{k}": jnp.sum(real & (rank < k), dtype=jnp.int32)
+  return {f"correct_top{k}": jnp.sum(jnp.where(rank < k, weight, 0))
           for k in top_k}
 
 
 def _brier_sum(probabilities: jax.Array, labels: jax.Array,
-               real: jax.Array) -> jax.Array:
+               weight: jax.Array) -> jax.Array:
   """Sum over examples of sum_c (p_c - [c == label])², halved when C == 2.
 
   Halved for two classes because there both classes' terms equal (p_1 - y)², the
@@ -145,16 +149,16 @@ def _brier_sum(probabilities: jax.Array, labels: jax.Array,
     squares = squares / 2
   # A padded label in range would add 1 here: probabilities are 0 there, the
   # one-hot label is not.
-  return jnp.sum(jnp.where(real, squares, 0.0))
+  return jnp.sum(jnp.where(weight > 0, squares * weight, 0.0))
 
 
-def _bin_index(values: jax.Array, bins: int) -> jax.Array:
+def bin_index(values: jax.Array, bins: int) -> jax.Array:
   """Index of the equal-width bin of [0, 1] holding each value (1.0: the last)."""
   return jnp.minimum((values * bins).astype(jnp.int32), bins - 1)
 
 
 def _calibration_stats(probabilities: jax.Array, correct: jax.Array,
-                       real: jax.Array, bins: int) -> dict[str, jax.Array]:
+                       weight: jax.Array, bins: int) -> dict[str, jax.Array]:
   """Per bin of the highest probability (the confidence): [bins] sums.
 
   "calibration_count" (int32) counts the examples in each bin,
@@ -168,18 +172,18 @@ def _calibration_stats(probabilities: jax.Array, correct: jax.Array,
   GPU, while a reduction is deterministic.
   """
   confidence = jnp.max(probabilities, axis=1)
-  bin_index = _bin_index(confidence, bins)
-  in_bin = real[:, None] & (bin_index[:, None] == jnp.arange(bins))
+  bins_of = bin_index(confidence, bins)
+  in_bin = (weight[:, None] > 0) & (bins_of[:, None] == jnp.arange(bins))
+  weight_in_bin = jnp.where(in_bin, weight[:, None], 0)
   return {
-      "calibration_count": jnp.sum(in_bin, axis=0, dtype=jnp.int32),
-      "calibration_confidence": jnp.sum(
-          jnp.where(in_bin, confidence[:, None], 0.0), axis=0),
-      "calibration_correct": jnp.sum(in_bin & correct[:, None], axis=0,
-                                     dtype=jnp.int32),
+      "calibration_count": jnp.sum(weight_in_bin, axis=0),
+      "calibration_confidence": jnp.sum(weight_in_bin * confidence[:, None], axis=0),
+      "calibration_correct": jnp.sum(jnp.where(correct[:, None], weight_in_bin, 0),
+                                     axis=0),
   }
 
 
-def _auc_histogram(probabilities: jax.Array, labels: jax.Array, real: jax.Array,
+def _auc_histogram(probabilities: jax.Array, labels: jax.Array, weight: jax.Array,
                    bins: int) -> jax.Array:
   """Per class, histograms of its probability: int32 [C, 2, bins].
 
@@ -192,9 +196,9 @@ def _auc_histogram(probabilities: jax.Array, labels: jax.Array, real: jax.Array,
   num_classes = probabilities.shape[1]
   classes = jnp.broadcast_to(jnp.arange(num_classes), probabilities.shape)
   positive = (labels[:, None] == classes).astype(jnp.int32)
-  ones = jnp.broadcast_to(real[:, None], probabilities.shape).astype(jnp.int32)
+  weights = jnp.broadcast_to(weight[:, None], probabilities.shape)
   return jnp.zeros((num_classes, 2, bins), jnp.int32).at[
-      classes, positive, _bin_index(probabilities, bins)].add(ones, mode="drop")
+      classes, positive, bin_index(probabilities, bins)].add(weights, mode="drop")
 
 
 def merge(a: dict, b: dict) -> dict:
@@ -202,14 +206,14 @@ def merge(a: dict, b: dict) -> dict:
   return jax.tree.map(lambda x, y: x + y, a, b)
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
   """numerator / denominator with 0/0 = 0, as scikit-learn's zero_division=0."""
   numerator, denominator = np.asarray(numerator), np.asarray(denominator)
   return np.divide(numerator, denominator, out=np.zeros_like(numerator),
                    where=denominator != 0)
 
 
-def _mean_over(values: np.ndarray, classes: np.ndarray,
+def mean_over(values: np.ndarray, classes: np.ndarray,
                empty: float = 0.0) -> float:
   """The mean of `values` over the selected classes; `empty` when none is."""
   return values[classes].mean() if classes.any() else empty
@@ -220,9 +224,9 @@ def _confusion_rates(confusion: np.ndarray) -> dict[str, np.ndarray]:
   true_positives = np.diag(confusion)
   support = confusion.sum(axis=1)     # true positives + false negatives
   predicted = confusion.sum(axis=0)   # true positives + false positives
-  return {"precision": _ratio(true_positives, predicted),
-          "recall": _ratio(true_positives, support),
-          "f1": _ratio(2 * true_positives, support + predicted),
+  return {"precision": ratio(true_positives, predicted),
+          "recall": ratio(true_positives, support),
+          "f1": ratio(2 * true_positives, support + predicted),
           "support": support, "predicted": predicted}
 
 
@@ -231,7 +235,7 @@ def _above(counts: np.ndarray) -> np.ndarray:
   return np.cumsum(counts[..., ::-1], axis=-1)[..., ::-1] - counts
 
 
-def _binned_ranking(histogram: np.ndarray) -> dict[str, np.ndarray]:
+def binned_ranking(histogram: np.ndarray) -> dict[str, np.ndarray]:
   """Per-class ROC-AUC and average precision from `_auc_histogram`, with bounds.
 
   Scores in one bin count as tied, as scikit-learn counts equal scores: ROC-AUC
@@ -264,14 +268,14 @@ def _binned_ranking(histogram: np.ndarray) -> dict[str, np.ndarray]:
   negatives_below = num_negatives[:, None] - negatives_above - negatives
   ties = (positives * negatives).sum(-1)
   true_positives = positives_above + positives
-  precision = _ratio(true_positives, true_positives + negatives_above + negatives)
-  high = _ratio(true_positives, true_positives + negatives_above)
+  precision = ratio(true_positives, true_positives + negatives_above + negatives)
+  high = ratio(true_positives, true_positives + negatives_above)
   low = (positives_above + 1) / (positives_above + negatives_above + negatives + 1)
   results = {
-      "roc_auc": _ratio((positives * negatives_below).sum(-1) + ties / 2, pairs),
-      "average_precision": _ratio((positives * precision).sum(-1), num_positives),
-      "roc_auc_bin_error_bound": _ratio(ties / 2, pairs),
-      "average_precision_bin_error_bound": _ratio(
+      "roc_auc": ratio((positives * negatives_below).sum(-1) + ties / 2, pairs),
+      "average_precision": ratio((positives * precision).sum(-1), num_positives),
+      "roc_auc_bin_error_bound": ratio(ties / 2, pairs),
+      "average_precision_bin_error_bound": ratio(
           (positives * (high - low)).sum(-1), num_positives),
   }
   return {name: np.where(pairs > 0, value, np.nan)
@@ -295,7 +299,7 @@ def per_class(stats: dict) -> dict[str, np.ndarray]:
   if "confusion" in stats:
     results.update(_confusion_rates(stats["confusion"]))
   if "auc_histogram" in stats:
-    results.update(_binned_ranking(stats["auc_histogram"]))
+    results.update(binned_ranking(stats["auc_histogram"]))
   return results
 
 
@@ -359,11 +363,11 @@ def summarize(stats: dict, *, bits_per_byte: bool = False) -> dict[str, float]:
     support, predicted = classes["support"], classes["predicted"]
     seen = (support + predicted) > 0
     for name in ("precision", "recall", "f1"):
-      results[f"macro_{name}"] = _mean_over(classes[name], seen)
-      results[f"weighted_{name}"] = _ratio((classes[name] * support).sum(),
+      results[f"macro_{name}"] = mean_over(classes[name], seen)
+      results[f"weighted_{name}"] = ratio((classes[name] * support).sum(),
                                            support.sum())
-    results["balanced_accuracy"] = _mean_over(classes["recall"], support > 0)
-    results["micro_f1"] = _ratio(2 * np.trace(stats["confusion"]),
+    results["balanced_accuracy"] = mean_over(classes["recall"], support > 0)
+    results["micro_f1"] = ratio(2 * np.trace(stats["confusion"]),
                                  support.sum() + predicted.sum())
   if "auc_histogram" in stats:
     binary = stats["auc_histogram"].shape[0] == 2
@@ -373,6 +377,6 @@ def summarize(stats: dict, *, bits_per_byte: bool = False) -> dict[str, float]:
         if binary:
           results[name + suffix] = values[1]
         else:
-          results[f"{name}_ovr{suffix}"] = _mean_over(
+          results[f"{name}_ovr{suffix}"] = mean_over(
               values, ~np.isnan(values), empty=math.nan)
   return {k: float(v) for k, v in results.items()}

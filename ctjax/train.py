@@ -29,12 +29,13 @@ from ctjax import config as config_lib
 from ctjax import durations
 from ctjax import evaluators as evaluators_lib
 from ctjax import hf
-from ctjax import metrics as metrics_lib
 from ctjax import models
 from ctjax import optim
 from ctjax import peft
+from ctjax import report
 from ctjax import runs
 from ctjax import sharding
+from ctjax import tasks
 from ctjax import watchdog
 from ctjax import writers
 from ctjax.data import ops
@@ -50,7 +51,6 @@ class Schedule:
   """The run's durations, resolved to steps (0 = never)."""
   total_steps: int
   log_every: int
-  eval_every: int
   checkpoint_every: int
 
 
@@ -64,14 +64,7 @@ def _resolve_schedule(config: ml_collections.ConfigDict, train_examples: int) ->
   return Schedule(
       total_steps=total,
       log_every=to_steps(config.log_every, key="log_every"),
-      eval_every=to_steps(config.eval_every, key="eval_every"),
       checkpoint_every=to_steps(config.checkpoint.every, key="checkpoint.every"))
-
-
-def per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Cross-entropy per example (or per token): the loss DP-SGD would clip."""
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
 
 
 # What a train step reports, the loss first: a diverged run is reported by its
@@ -81,7 +74,9 @@ TRAIN_METRICS = ("loss", "grad_norm")
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     grad_accum_steps: int,
-                    model_params: Callable[[Any, Any], Any] = peft.join):
+                    model_params: Callable[[Any, Any], Any] = peft.join,
+                    per_example_loss: Callable[[jax.Array, jax.Array], jax.Array]
+                    = tasks.get("classification").per_example_loss):
   """The update: k microbatches summed, normalised by the step's real count.
 
   The step returns the new state and the metrics named in TRAIN_METRICS.
@@ -91,7 +86,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   the adapters added into their kernels: see ctjax/peft.py). Only `params` are
   differentiated, so frozen parameters cost no gradient and no optimizer state.
 
-  The loss is a sum over real examples (or tokens) divided by their count over the
+  `per_example_loss(outputs, labels)` is the task's (ctjax/tasks/): the loss of
+  each example (or token), which DP-SGD would clip. The loss is a sum over real
+  examples (or tokens) divided by their count over the
   whole global batch, so k microbatches of b give the same update as one batch of
   k*b, and padding never dilutes the loss. Dividing the loss rather than the
   gradients leaves one scalar in the backward pass instead of a division per
@@ -138,14 +135,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return train_step
-
-
-def make_eval_step(model: nn.Module, num_classes: int | None):
-  def eval_step(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], train=False)
-    return metrics_lib.classification_stats(logits, batch["label"], batch["mask"],
-                                            num_classes=num_classes)
-  return eval_step
 
 
 def _abstract_batch(batch: dict[str, Any], mesh) -> dict[str, Any]:
@@ -276,32 +265,6 @@ class MetricSums:
     return {"steps": int(sums[0]), **dict(zip(self.names, sums[2:2 + n]))}
 
 
-def evaluate(eval_step, params, loader: pipeline.BatchLoader, mesh, *,
-             batch_size: int, split: str, bits_per_byte: bool,
-             on_batch: Callable[[], None] = lambda: None) -> dict[str, float]:
-  """Exact metrics over a whole split (padded, masked, summed across hosts).
-
-  `params` is what `eval_step` takes before the batch. `on_batch` is called as
-  each batch is dispatched (the trainer marks progress).
-  """
-  stats = None
-  for local in pipeline.eval_batches(loader, global_batch_size=batch_size,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
-    batch = sharding.global_batch(local, mesh)
-    # One eval step at a time: successive steps do not depend on each other, so
-    # XLA on CPU may run two at once, and with several processes their gloo
-    # collectives then pair up in a different order on each process: a deadlock.
-    # The batch above is already copied while the previous step runs.
-    if stats is not None:
-      jax.block_until_ready(stats)
-    s = eval_step(params, batch)
-    on_batch()
-    stats = s if stats is None else metrics_lib.merge(stats, s)
-  summary = metrics_lib.summarize(jax.device_get(stats), bits_per_byte=bits_per_byte)
-  return {f"{split}/{k}": v for k, v in summary.items()}
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the final metrics."""
   # --- 1. Check the config against the devices, before anything compiles. ------
@@ -310,6 +273,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   config_lib.validate(config, device_count=jax.device_count(),
                       process_count=jax.process_count())
   model = models.get_model(config.model)
+  task = tasks.get(config.task)  # classification, multilabel or regression
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -345,6 +309,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   first_batch = pipeline.train_batch(
       loaders["train"], 0, global_batch_size=config.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
+  problem = task.check_labels(first_batch["label"])
+  if problem:
+    raise UserError(f"config.task={config.task!r}: the training split's {problem}")
 
   # --- 4. Model, optimizer, sharded init. ---------------------------------------
   dummy_inputs = jnp.zeros((1, *first_batch["inputs"].shape[1:]),
@@ -376,20 +343,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   info(transfer.describe() + "\n" + peft.describe_optimizer_memory(
       abstract_state["opt_state"],
       jax.eval_shape(make_optimizer()[0].init, nn.meta.unbox(boxed_params))))
-  # Linear probes, few-shot, ...: checked now, run with the evaluations below.
+  # The task's metrics on whole splits, linear probes, few-shot, ...
+  # (config.evaluators): checked now, run in the loop below.
   scheduled_evaluators = evaluators_lib.make_evaluators(
-      config.evaluators, model=model, loaders=loaders, mesh=mesh,
+      evaluators_lib.configured(config), model=model, loaders=loaders, mesh=mesh,
       batch_size=eval_batch_size, data_config=config.data,
       train_batch_size=config.batch_size, train_examples=len(train_source),
       model_params=lambda trained: transfer.model_params(*trained),
-      on_batch=lambda: hang_watchdog.step_finished())
+      on_batch=lambda: hang_watchdog.step_finished(), task=config.task,
+      output_dir=os.path.join(workdir, "eval", "final"))
 
   # --- 5. Train and eval steps, compiled ahead of time. -------------------------
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  num_classes = (getattr(model, "num_classes", None)
-                 if first_batch["label"].ndim == 1 else None)
   step_fn = make_train_step(model, tx, config.grad_accum_steps,
-                            transfer.model_params)
+                            transfer.model_params, task.per_example_loss)
   metric_sums = MetricSums()
 
   def step_with_sums(state, batch, sums):
@@ -404,12 +371,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), replicated),
         out_shardings=(state_sh, replicated),
         donate_argnums=0), mesh, abstract_state, zero_sums)
-    eval_fn = make_eval_step(model, num_classes)
-    # Evaluation takes (params, frozen), as the state holds them.
-    eval_step = jax.jit(
-        lambda trained, batch: eval_fn(transfer.model_params(*trained), batch),
-        in_shardings=((state_sh["params"], state_sh["frozen"]), None),
-        out_shardings=replicated)
     fresh_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)),
                           out_shardings=state_sh)
     first_program = train_step.compile(first_batch)
@@ -427,7 +388,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # --- 7. The loop. ----------------------------------------------------------------
   writer = writers.MetricWriter(workdir, start_step=start_step)
   preemption = _Preemption()
-  last_eval: dict[str, float] = {}
   sums = zero_sums  # This log interval's metric sums, on the devices.
   next_batch = functools.partial(  # Plain values: this runs once per step.
       pipeline.train_batch, loaders["train"], global_batch_size=int(config.batch_size),
@@ -453,21 +413,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # queue freely.
   wait_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
 
-  def run_evals(split_names, step, due_evaluators=()):
+  def run_evals(due_evaluators, step, final=False):
     nonlocal tick
     # On CPU, two programs with collectives in flight at once can deadlock XLA's
     # in-process rendezvous; let the queued train steps finish first.
     jax.block_until_ready(state)
     started = time.perf_counter()
     results = {}
-    for evaluator in due_evaluators:
-      results.update(evaluator.run((state["params"], state["frozen"])))
-    for name in split_names:
-      results.update(evaluate(eval_step, (state["params"], state["frozen"]),
-                              loaders[name], mesh,
-                              batch_size=eval_batch_size, split=name,
-                              bits_per_byte=config.bits_per_byte,
-                              on_batch=hang_watchdog.step_finished))
+    for evaluator in due_evaluators:  # Each takes (params, frozen), as in the state.
+      results.update(evaluator.run((state["params"], state["frozen"]), final=final))
     writer.write(step, results)
     info(f"step {step}: {writers.format_scalars(results)}")
     # Evaluation is not training: its time leaves the interval that
@@ -518,16 +472,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
       is_last = step == sched.total_steps
       due = [e for e in scheduled_evaluators if e.due(step, sched.total_steps)]
-      splits_due = sched.eval_every and step % sched.eval_every == 0
-      if (splits_due or due) and not is_last:
-        last_eval = run_evals(config.eval_splits if splits_due else (), step, due)
+      evaluated = {}  # This step's metrics, which a checkpoint of it keeps.
+      if due and not is_last:
+        evaluated = run_evals(due, step)
       # The last step is saved after the final evaluation, and a step saves once:
       # Orbax refuses a second save of a step.
       saved = False
       if ((sched.checkpoint_every and step % sched.checkpoint_every == 0)
           or time_to_save) and not is_last:
-        save(step, metrics=last_eval if sched.eval_every and
-             step % sched.eval_every == 0 else None)
+        save(step, metrics=evaluated or None)
         last_save_time, time_to_save, saved = time.monotonic(), False, True
       if preemption.reached(step, manager) and not is_last:
         info(f"SIGTERM: saving step {step} and stopping; run again to resume")
@@ -536,7 +489,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         manager.wait_until_finished()
         return {}
 
-    final = run_evals(config.final_eval_splits, step, scheduled_evaluators)
+    final = run_evals(scheduled_evaluators, step, final=True)
+    if jax.process_index() == 0:  # Plots and WORKDIR/report.html, for people.
+      report_path = report.write_for_evaluation(workdir, "final", splits)
+      if report_path:
+        info(f"report: {report_path}")
+    info(f"final, step {step}: " + writers.format_scalars(
+        {k: v for k, v in final.items() if k.split("/")[-1] in task.HEADLINE}))
     if step > start_step:
       save(step, metrics=final, force=True)
     manager.wait_until_finished()

@@ -124,7 +124,7 @@ def test_linear_probe_on_digits_predicts_as_scikit_learn_on_the_same_features():
   # Batches of 48 leave 48 - 1200 % 48 = 0 and 48 - 597 % 48 = 27 padded rows.
   [probe] = _build([{"type": "linear_probe", "every": "2 epochs"}], model,
                    {"train": train_split, "validation": validation}, batch_size=48)
-  assert probe.name == "linear_probe" and probe.every == math.ceil(2 * 1200 / 32)
+  assert probe.prefix == "linear_probe/" and probe.every == math.ceil(2 * 1200 / 32)
   # Every 2 epochs (75 steps of 32) and at the end.
   assert [s for s in range(1, 201) if probe.due(s, last_step=200)] == [75, 150, 200]
 

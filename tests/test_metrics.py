@@ -354,3 +354,21 @@ def test_without_options_only_loss_and_accuracy():
   assert set(stats) == {"loss_sum", "correct", "count"}
   assert set(metrics.summarize(stats)) == {"loss", "accuracy"}
   assert not metrics.per_class(stats)
+
+
+def test_integer_weights_count_as_repeated_examples():
+  """A weight of w is w copies of the example (what a bootstrap resample needs)."""
+  rng = np.random.default_rng(11)
+  logits, labels, mask = _data(rng, (40,))
+  weights = (mask * rng.integers(0, 4, size=mask.shape)).astype(np.int32)
+  repeats = weights.astype(np.int64)
+  repeated = (np.repeat(logits, repeats, axis=0), np.repeat(labels, repeats),
+              np.ones(repeats.sum(), np.float32))
+  got = jax.device_get(_stats(logits, labels, weights))
+  want = jax.device_get(_stats(*repeated))
+  for key, value in want.items():
+    if np.issubdtype(value.dtype, np.integer):
+      np.testing.assert_array_equal(got[key], value, err_msg=key)
+    else:  # One float32 sum of products against one of repeated terms.
+      np.testing.assert_allclose(got[key], value, rtol=tolerances.sum_rtol(
+          int(repeats.sum())), err_msg=key)

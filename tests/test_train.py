@@ -29,6 +29,7 @@ import shared_runs
 import tolerances
 from ctjax import config as config_lib
 from ctjax import errors
+from ctjax import evaluators
 from ctjax import models
 from ctjax import optim
 from ctjax import sharding
@@ -384,7 +385,14 @@ def test_evaluation_is_exact_whatever_the_eval_batch_size(default_run):
   logged = run_util.metrics(workdir)[-1]
   splits = splits_lib.open_splits(config.data)
   mesh = sharding.make_mesh(config.mesh)
-  eval_step = jax.jit(train.make_eval_step(model, num_classes=10))
+  loaders = {name: pipeline.BatchLoader(s, num_threads=1) for name, s in splits.items()}
+
+  def evaluate(split, batch_size):  # The trainer's evaluator, at another batch size.
+    return evaluators.make_evaluators(
+        [dict(type="metrics", splits=(split,))], model=model, loaders=loaders,
+        mesh=mesh, batch_size=batch_size, data_config=config.data,
+        train_batch_size=config.batch_size, train_examples=None)[0].run(params)
+
   for name in ("validation", "test"):
     source = splits[name]
     assert len(source) % config.batch_size, "the split must not fill whole batches"
@@ -411,8 +419,7 @@ def test_evaluation_is_exact_whatever_the_eval_batch_size(default_run):
     assert logged[f"{name}/loss"] == pytest.approx(want_loss, abs=loss_error)
     # ... and evaluation with other batch sizes, one larger than the split.
     for batch_size in (8, 48, 64, 256):
-      got = train.evaluate(eval_step, params, pipeline.BatchLoader(source, num_threads=1),
-                           mesh, batch_size=batch_size, split=name, bits_per_byte=False)
+      got = evaluate(name, batch_size)
       assert got[f"{name}/accuracy"] == want_accuracy
       assert got[f"{name}/loss"] == pytest.approx(want_loss, abs=loss_error)
       # F1 from the same predictions: float64 arithmetic on equal counts.

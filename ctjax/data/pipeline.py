@@ -191,7 +191,12 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 def eval_batches(loader: BatchLoader, *, global_batch_size: int,
                  process_index: int = 0,
                  process_count: int = 1) -> Iterator[Example]:
-  """This process's share of each evaluation batch, in order, padded and masked."""
+  """This process's share of each evaluation batch, in order, padded and masked.
+
+  Each batch also holds "index": each example's position in the split (-1 at
+  padding), which names it in exported predictions and seeds its bootstrap
+  weights whatever the batching (ctjax/slices.py).
+  """
   n = len(loader.source)
   rows = local_rows(global_batch_size, process_index, process_count)
   for b in range(num_eval_batches(n, global_batch_size)):
@@ -199,8 +204,10 @@ def eval_batches(loader: BatchLoader, *, global_batch_size: int,
     positions = global_positions[rows]
     valid = positions < n
     length = loader.padded_length(global_positions[global_positions < n])
-    yield _with_mask(loader.load(np.where(valid, positions, 0), None, length),
-                     valid.astype(np.float32))
+    batch = _with_mask(loader.load(np.where(valid, positions, 0), None, length),
+                       valid.astype(np.float32))
+    batch["index"] = np.where(valid, positions, -1).astype(np.int32)
+    yield batch
 
 
 def prefetch(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:

@@ -12,6 +12,16 @@ the run logs how many were dropped and where the first few were.
 Labels in files are often names ("benign", "malignant"): a label vocabulary is the
 sorted list of the names in the *training* split, and a label's id is its index.
 Labels that are all integers ("0", "1", 7) are used as ids directly.
+
+`config.data.label_type` says what a label is, for the tasks of ctjax/tasks/:
+
+  "class"       one class per record (the default)
+  "number"      a real number (config.task = "regression"), standardised by the
+                training split's mean and standard deviation (saved with the
+                vocabularies; `config.data.standardize_label=False` keeps it raw)
+  "multilabel"  any set of label names per record (config.task = "multilabel"): a
+                JSON list, or in a table names joined by config.data.label_separator
+                ("|"); encoded as a 0/1 vector over the training split's names
 """
 from collections.abc import Sequence
 import glob
@@ -107,3 +117,60 @@ def encode_labels(raw: Sequence[Any], names: list[str] | None) -> np.ndarray:
                     np.int32)
   ids = {name: i for i, name in enumerate(names)}
   return np.array([ids.get(str(v), -1) for v in raw], np.int32)
+
+
+LABEL_TYPES = ("class", "number", "multilabel")
+
+
+def label_type(data_config: Any) -> str:
+  kind = data_config.get("label_type", "class")
+  if kind not in LABEL_TYPES:
+    raise UserError(f"config.data.label_type={kind!r}: choose one of "
+                    f"{', '.join(LABEL_TYPES)}")
+  return kind
+
+
+def fit_labels(data_config: Any, raw: Sequence[Any]) -> dict[str, Any]:
+  """What encoding labels needs, fitted on the training split's raw labels (numbers
+  for "number", sequences of names for "multilabel", else names or ids)."""
+  kind = label_type(data_config)
+  if kind == "number":
+    values = np.asarray(raw, np.float64)
+    if not data_config.get("standardize_label", True):
+      return {"label_mean": 0.0, "label_std": 1.0}
+    # A constant target would divide by zero; leave it unscaled.
+    return {"label_mean": float(values.mean()),
+            "label_std": float(values.std()) if values.std() > 0 else 1.0}
+  if kind == "multilabel":
+    return {"label_names": sorted({str(n) for names in raw for n in names})}
+  return {"label_names": fit_label_names(raw)}
+
+
+def encode_fitted_labels(data_config: Any, raw: Sequence[Any],
+                         state: dict[str, Any]) -> np.ndarray:
+  """Labels as the model trains on them: int32 [n] class ids, float32 [n]
+  standardised numbers, or int32 [n, C] 0/1 vectors. A class (or any of a
+  record's label names) the training split never had is -1 (the whole vector for
+  multilabel), which `splits.check_labels` reports by location."""
+  kind = label_type(data_config)
+  if kind == "number":
+    return ((np.asarray(raw, np.float64) - state["label_mean"])
+            / state["label_std"]).astype(np.float32)
+  if kind == "multilabel":
+    ids = {name: i for i, name in enumerate(state["label_names"])}
+    vectors = np.zeros((len(raw), len(ids)), np.int32)
+    for row, names in enumerate(raw):
+      known = [ids.get(str(n), -1) for n in names]
+      if -1 in known:
+        vectors[row] = -1
+      else:
+        vectors[row, known] = 1
+    return vectors
+  return encode_labels(raw, state["label_names"])
+
+
+def label_attributes(state: dict[str, Any]) -> dict[str, Any]:
+  """What a source exposes of its fitted labels: label_names, or label_mean and
+  label_std (which evaluation uses to report in the original units)."""
+  return {k: state[k] for k in ("label_names", "label_mean", "label_std")
+          if k in state}

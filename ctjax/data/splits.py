@@ -10,6 +10,12 @@ Two ways to get train/validation/test:
       seeded by `config.data.split_seed`, stratified by label when
       `config.data.stratify` is set.
 
+With split_fractions, `config.data.cross_validation = dict(folds=5, fold=i,
+stratify=False, group_column="", seed=0)` pools the train and validation parts,
+divides them into `folds` disjoint folds (stratified by label, or keeping each
+value of a group column together) and makes fold i "validation", the rest
+"train"; the test part stays held out. `ctjax cv` (ctjax/cv.py) trains each fold.
+
 Sources whose module defines `fit` (tables, labelled files) are then *encoded*:
 vocabularies and statistics are fitted on the training split only, saved as
 WORKDIR/data_state.json, and applied to every split; a resumed run (or a later
@@ -29,6 +35,7 @@ import numpy as np
 
 from ctjax import by_name
 from ctjax.data import records
+from ctjax.data import slicing
 from ctjax.errors import UserError
 
 # Vocabularies and statistics fitted on the training split, in the workdir.
@@ -49,7 +56,10 @@ class Subset:
         setattr(self, name, np.asarray(getattr(source, name))[self.indices])
     if hasattr(source, "location"):
       self.location = lambda i: source.location(int(self.indices[i]))
-    for name in ("label_names", "vocab_size", "length_buckets"):
+    if getattr(source, "columns", None):
+      self.columns = {k: np.asarray(v)[self.indices] for k, v in source.columns.items()}
+    for name in ("label_names", "label_mean", "label_std", "vocab_size",
+                 "length_buckets"):
       if hasattr(source, name):
         setattr(self, name, getattr(source, name))
 
@@ -81,6 +91,127 @@ def fraction_indices(num_examples: int, fractions: dict[str, float], *,
   return {name: rng.permutation(np.concatenate(p)) for name, p in parts.items()}
 
 
+# config.data.cross_validation's options and their defaults.
+CROSS_VALIDATION = {"folds": 5, "fold": 0, "stratify": False, "group_column": "",
+                    "seed": 0}
+# The parts that cross-validation pools and divides into folds; every other part
+# of config.data.split_fractions (the test part) is held out, the same in each fold.
+POOLED = ("train", "validation")
+
+
+def cross_validation_options(data_config: Any) -> dict[str, Any]:
+  """config.data.cross_validation with its defaults filled in, checked."""
+  given = data_config.get("cross_validation")
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  unknown = set(given) - set(CROSS_VALIDATION)
+  if unknown:
+    raise UserError(f"config.data.cross_validation.{sorted(unknown)[0]}: unknown "
+                    f"option; the options are {', '.join(CROSS_VALIDATION)}")
+  options = {**CROSS_VALIDATION, **given}
+  for key, default in CROSS_VALIDATION.items():
+    if type(options[key]) is not type(default):
+      raise UserError(f"config.data.cross_validation.{key}={options[key]!r}: "
+                      f"expected a {type(default).__name__}")
+  folds, fold = options["folds"], options["fold"]
+  if folds < 2:
+    raise UserError(f"config.data.cross_validation.folds={folds}: cross-validation "
+                    "needs at least 2 folds (ctjax cv --folds 5)")
+  if not 0 <= fold < folds:
+    raise UserError(f"config.data.cross_validation.fold={fold}: folds are numbered "
+                    f"0..{folds - 1}")
+  if not data_config.get("split_fractions"):
+    # Explicit splits are separate sources (files, TFDS splits) with no common
+    # index to divide into folds; one source divided by fractions has one.
+    raise UserError("config.data.cross_validation: needs config.data.split_fractions "
+                    "(one source, divided), not config.data.splits; e.g. "
+                    "split_fractions={'train': 0.85, 'test': 0.15}")
+  if "train" not in data_config.split_fractions:
+    raise UserError("config.data.split_fractions: cross-validation divides the "
+                    "'train' (and 'validation') parts into folds; name one 'train'")
+  return options
+
+
+def fold_indices(num_examples: int, folds: int, *, seed: int,
+                 labels: np.ndarray | None = None,
+                 groups: np.ndarray | None = None) -> list[np.ndarray]:
+  """Divides range(num_examples) into `folds` disjoint parts, each sorted.
+
+  scikit-learn's splitters, shuffled with `seed`: KFold; with `labels`
+  StratifiedKFold (each fold keeps the class balance); with `groups` GroupKFold
+  (a group's examples all sit in one fold); with both StratifiedGroupKFold. They
+  are the reference implementations that people check folds against.
+  """
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  units, what = (num_examples, "examples") if groups is None else (
+      len(np.unique(groups)), "groups")
+  if folds > units:
+    raise UserError(f"config.data.cross_validation.folds={folds}: the train and "
+                    f"validation parts hold only {units} {what}; use at most "
+                    f"{units} folds")
+  if groups is None:
+    kind = (model_selection.StratifiedKFold if labels is not None else
+            model_selection.KFold)
+  else:
+    kind = (model_selection.StratifiedGroupKFold if labels is not None else
+            model_selection.GroupKFold)
+  splitter = kind(folds, shuffle=True, random_state=seed)
+  try:
+    return [np.sort(held) for _, held in
+            splitter.split(np.zeros(num_examples), labels, groups)]
+  except ValueError as e:  # Say, stratifying float (regression) targets.
+    raise UserError(f"config.data.cross_validation: {e}") from None
+
+
+def cross_validation_parts(data_config: Any, whole: Any,
+                           parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Fold `fold` of the pooled train and validation parts becomes "validation",
+  the other folds "train"; the other parts (test) stay as they are.
+
+  With a group column (a patient id, say) the parts themselves are drawn again by
+  whole groups, with the same fractions and seed: a patient whose rows sat on both
+  sides of the test split would make the test score too good.
+  """
+  options = cross_validation_options(data_config)
+  groups = None
+  if options["group_column"]:
+    groups = _group_values(data_config, whole, options["group_column"])
+    names, ids = np.unique(groups, return_inverse=True)
+    by_group = fraction_indices(len(names), dict(data_config.split_fractions),
+                                seed=data_config.get("split_seed", 0))
+    parts = {name: np.flatnonzero(np.isin(ids, g)) for name, g in by_group.items()}
+  labels = None
+  if options["stratify"]:
+    labels = getattr(whole, "labels", None)
+    if labels is None:
+      raise UserError(f"config.data.cross_validation.stratify=True: source "
+                      f"{data_config.source!r} has no labels to stratify by; "
+                      "leave out --stratified")
+  pool = np.sort(np.concatenate([parts[n] for n in POOLED if n in parts]))
+  folds = fold_indices(len(pool), options["folds"], seed=options["seed"],
+                       labels=None if labels is None else np.asarray(labels)[pool],
+                       groups=None if groups is None else groups[pool])
+  held = folds[options["fold"]]
+  return {"train": pool[np.setdiff1d(np.arange(len(pool)), held)],
+          "validation": pool[held],
+          **{name: p for name, p in parts.items() if name not in POOLED}}
+
+
+def _group_values(data_config: Any, whole: Any, column: str) -> np.ndarray:
+  """Each example's value in `column`: a raw table column, or an array field."""
+  columns = getattr(whole, "columns", None) or getattr(whole, "arrays", None) or {}
+  key = f"config.data.cross_validation.group_column={column!r}"
+  if column not in columns or np.ndim(columns[column]) != 1:
+    raise UserError(f"{key}: source {data_config.source!r} has no such column "
+                    f"(it has {', '.join(columns) or 'none'}); name one")
+  values = np.asarray(columns[column])
+  missing = np.flatnonzero([v is None for v in values])
+  if len(missing):
+    where = (whole.location(int(missing[0])) if hasattr(whole, "location") else
+             f"example {missing[0]}")
+    raise UserError(f"{where}: no value in the group column ({key}); fill it in")
+  return values
+
+
 def _source_module(data_config: Any):
   name = data_config.source
   module = by_name.find("ctjax.data.sources", name)
@@ -109,6 +240,9 @@ def open_splits(data_config: Any, *, state_dir: str | None = None,
     The splits, each a source ready for the pipeline.
   """
   module = _source_module(data_config)
+  cross_validation = bool(data_config.get("cross_validation"))
+  if cross_validation:
+    cross_validation_options(data_config)  # Checked before any data is read.
   fractions = data_config.get("split_fractions")
   if fractions:
     fractions = dict(fractions)
@@ -123,6 +257,8 @@ def open_splits(data_config: Any, *, state_dir: str | None = None,
                       "has no labels to stratify by; set stratify=False")
     parts = fraction_indices(len(whole), fractions,
                              seed=data_config.get("split_seed", 0), labels=labels)
+    if cross_validation:
+      parts = cross_validation_parts(data_config, whole, parts)
     splits = {name: Subset(whole, idx) for name, idx in parts.items()}
   else:
     splits = {name: module.open_source(data_config, spec)
@@ -139,7 +275,7 @@ def open_splits(data_config: Any, *, state_dir: str | None = None,
   splits = check_labels(data_config, splits, num_classes=num_classes,
                         vocab_size=vocab_size)
   _check_not_empty(data_config, splits)
-  return splits
+  return slicing.attach(data_config, splits)  # config.data.slices
 
 
 def _check_not_empty(data_config: Any, splits: dict[str, Any]) -> None:
@@ -210,13 +346,20 @@ def check_labels(data_config: Any, splits: dict[str, Any], *,
                       f"tokenised into {source_vocab} token ids; set "
                       f"config.model.vocab_size={source_vocab}")
     labels = getattr(split, "labels", None)
-    if labels is None:
-      checked[name] = split
+    if labels is None or not np.issubdtype(np.asarray(labels).dtype, np.integer):
+      checked[name] = split  # No labels, or real-valued targets.
       continue
     labels = np.asarray(labels)
-    bad = labels < 0
-    if num_classes:
-      bad |= labels >= num_classes
+    if labels.ndim == 2:  # Multi-label 0/1 vectors: -1 marks an unknown name.
+      bad = labels.min(axis=1) < 0
+      if num_classes and labels.shape[1] != num_classes:
+        raise UserError(f"config.model.num_classes={num_classes}: split {name!r} "
+                        f"has {labels.shape[1]} labels; set "
+                        f"config.model.num_classes={labels.shape[1]}")
+    else:
+      bad = labels < 0
+      if num_classes:
+        bad |= labels >= num_classes
     if not bad.any():
       checked[name] = split
       continue
@@ -226,15 +369,19 @@ def check_labels(data_config: Any, splits: dict[str, Any], *,
       location = (split.location(i) if hasattr(split, "location") else
                   f"split {name!r}, example {i}")
       report(location, _label_problem(
-          int(labels[i]), names, num_classes,
-          needed=len(names) if names else int(labels.max()) + 1))
+          int(labels[i].min()), names, num_classes,
+          needed=len(names) if names else int(labels.max()) + 1,
+          label_vectors=labels.ndim == 2))
     report.report()
     checked[name] = Subset(split, np.flatnonzero(~bad))
   return checked
 
 
 def _label_problem(label: int, names: list[str] | None, num_classes: int | None,
-                   *, needed: int) -> str:
+                   *, needed: int, label_vectors: bool = False) -> str:
+  if label < 0 and names is not None and label_vectors:
+    return ("a label name is not one of the training split's labels; fix it, or "
+            "add examples of it to the training split")
   if label < 0 and names is not None:
     shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
     return (f"label is not one of the {len(names)} classes of the training split "
@@ -250,7 +397,8 @@ def _label_problem(label: int, names: list[str] | None, num_classes: int | None,
 def describe(data_config: Any, splits: dict[str, Any]) -> dict[str, Any]:
   """What WORKDIR/splits.json records: enough to rebuild and verify each split."""
   record = {"source": data_config.source}
-  for key in ("splits", "split_fractions", "split_seed", "stratify"):
+  for key in ("splits", "split_fractions", "split_seed", "stratify",
+              "cross_validation"):
     if data_config.get(key) is not None:
       value = data_config.get(key)
       record[key] = value.to_dict() if hasattr(value, "to_dict") else value

@@ -13,7 +13,13 @@ Two more keys belong to every evaluator and are read here:
   every   a duration ("500 steps", "1 epoch", an int of steps); 0, the default,
           runs it only at the end of training
   name    the prefix of its metrics (default: the type), so that two evaluators of
-          one type (say probes of two splits) report apart
+          one type (say probes of two splits) report apart; the task's own
+          metrics (type "metrics") are named by split unless given a name
+
+The task's own metrics on whole splits are the `metrics` evaluator (metrics.py);
+a config that lists none gets one from config.eval_splits and eval_every (see
+`configured`). An evaluator may also define `run_final(params)`, run instead of
+`run` at the end of training (more splits, files written).
 
 A module's `Evaluator(context, **options)` takes the shared `Context` and its own
 options (keyword arguments with defaults; the signature is the reference of its
@@ -57,6 +63,9 @@ class Context:
       parameters.
     on_batch: called as each batch is dispatched (the trainer's hang watchdog
       marks progress).
+    task: `config.task` (ctjax/tasks/).
+    output_dir: where the evaluation at the end writes its files (process 0),
+      WORKDIR/eval/final for a training run; None: nowhere.
   """
   model: nn.Module
   loaders: Mapping[str, pipeline.BatchLoader]
@@ -66,6 +75,8 @@ class Context:
   key: str
   model_params: Callable[[Any], Any] = lambda params: params
   on_batch: Callable[[], None] = lambda: None
+  task: str = "classification"
+  output_dir: str | None = None
 
 
 class Evaluator(Protocol):
@@ -79,16 +90,19 @@ class Evaluator(Protocol):
 @dataclasses.dataclass(frozen=True)
 class Scheduled:
   """An evaluator with its name and schedule, as the trainer uses it."""
-  name: str
+  prefix: str  # of its metrics' names: "NAME/", or "" (see make_evaluators)
   every: int  # steps; 0: only at the end
   evaluator: Evaluator
 
   def due(self, step: int, last_step: int) -> bool:
     return step == last_step or bool(self.every and step % self.every == 0)
 
-  def run(self, params: Any) -> dict[str, float]:
-    """{"NAME/metric": value}, the same on every process."""
-    return {f"{self.name}/{k}": v for k, v in self.evaluator.run(params).items()}
+  def run(self, params: Any, final: bool = False) -> dict[str, float]:
+    """{"NAME/metric": value}, the same on every process. At the end of training
+    an evaluator's `run_final`, where it has one, runs instead of `run`."""
+    run = getattr(self.evaluator, "run_final", self.evaluator.run) if final else (
+        self.evaluator.run)
+    return {f"{self.prefix}{k}": v for k, v in run(params).items()}
 
 
 def types() -> list[str]:
@@ -101,14 +115,19 @@ def make_evaluators(evaluator_configs: Sequence[Any], *, model: nn.Module,
                     mesh: jax.sharding.Mesh, batch_size: int, data_config: Any,
                     train_batch_size: int, train_examples: int | None,
                     model_params: Callable[[Any], Any] = lambda params: params,
-                    on_batch: Callable[[], None] = lambda: None
+                    on_batch: Callable[[], None] = lambda: None,
+                    task: str = "classification", output_dir: str | None = None
                     ) -> list[Scheduled]:
   """Builds `config.evaluators`; raises UserError on the first mistake.
 
+  The metrics of an evaluator are named NAME/METRIC, but those of a `metrics`
+  evaluator without a `name`, which are SPLIT/METRIC (validation/accuracy).
+
   Args:
-    evaluator_configs: `config.evaluators`, dicts (or ConfigDicts) with `type`.
-    model, loaders, mesh, batch_size, data_config, model_params, on_batch: see
-      `Context`.
+    evaluator_configs: `config.evaluators`, dicts (or ConfigDicts) with `type`;
+      see `configured`.
+    model, loaders, mesh, batch_size, data_config, model_params, on_batch, task,
+      output_dir: see `Context`.
     train_batch_size, train_examples: the training batch and split size, which
       turn `every` given in epochs or examples into steps.
   """
@@ -138,10 +157,25 @@ def make_evaluators(evaluator_configs: Sequence[Any], *, model: nn.Module,
     _check_options(module_class, options, key, type_name)
     context = Context(model=model, loaders=loaders, mesh=mesh,
                       batch_size=batch_size, data_config=data_config, key=key,
-                      model_params=model_params, on_batch=on_batch)
-    built.append(Scheduled(name=name, every=every,
+                      model_params=model_params, on_batch=on_batch, task=task,
+                      output_dir=output_dir)
+    by_split = type_name == "metrics" and "name" not in evaluator_config
+    built.append(Scheduled(prefix="" if by_split else f"{name}/", every=every,
                            evaluator=module_class(context, **options)))
   return built
+
+
+def configured(config: Any) -> list[dict[str, Any]]:
+  """`config.evaluators`, with a `metrics` evaluator from the older keys
+  (eval_splits every eval_every, final_eval_splits at the end) when it lists none."""
+  listed = [e.to_dict() if hasattr(e, "to_dict") else e for e in config.evaluators]
+  if any(isinstance(e, Mapping) and e.get("type") == "metrics" for e in listed):
+    return listed
+  default = {"type": "metrics", "every": config.eval_every,
+             "splits": tuple(config.eval_splits),
+             "final_splits": tuple(config.final_eval_splits),
+             "bits_per_byte": bool(config.bits_per_byte)}
+  return [default] + listed
 
 
 def _evaluator_class(type_name: Any, key: str) -> type:

@@ -6,6 +6,10 @@
   # or a file (or glob) per split:
   config.data.splits = {"train": "data/train.csv", "validation": "data/val.csv"}
   config.data.label_column = "diagnosis"        # class names, or integer ids
+  config.data.label_type = "class"              # or "number" (regression), or
+                                                # "multilabel": names joined by
+  config.data.label_separator = "|"             # this ("billing|urgent"); see
+                                                # ctjax/data/records.py
   config.data.numeric_columns = ("age", "bmi")  # () = every column not named
                                                 # as label or categorical
   config.data.categorical_columns = ("sex", "smoker")
@@ -16,11 +20,17 @@
   config.data.standardize = True                # (x - mean) / std per column
   config.data.delimiter = ""                    # "": tab for .tsv/.tab, else ","
   config.data.missing_values = ("", "NA", "NaN", "?")
+  config.data.cross_validation.group_column = "patient_id"  # read as text, never
+                                                # a feature (see ctjax/cv.py)
+  config.data.slices = {"site": "site"}         # columns measured apart; read
+                                                # as text unless features (see
+                                                # ctjax/data/slicing.py)
 
 The first line of each file names the columns; columns are found by name, so their
 order may differ between files, and other columns are ignored.
 
-Each example is {"inputs": float32 [features], "label": int32}. The features are
+Each example is {"inputs": float32 [features], "label": int32} (a float32 label for
+"number", an int32 0/1 vector for "multilabel"). The features are
 the numeric columns in the order given, then each categorical column. A categorical
 column becomes, with "onehot" (right for an MLP), V+1 indicator features, or with
 "ids" one feature holding the id as a float (for a model that embeds it). Id 0 is
@@ -42,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from ctjax.data import records
+from ctjax.data import slicing
 from ctjax.data.sources.memory import ArraySource
 from ctjax.errors import UserError
 
@@ -64,6 +75,16 @@ def _option(data_config: Any, key: str) -> Any:
   return tuple(value) if isinstance(value, list) else value
 
 
+def _text_columns(data_config: Any) -> list[str]:
+  """Columns read as text and never features: the cross-validation group column
+  (a patient id, say: folds keep each group together, ctjax/data/splits.py) and
+  the columns evaluation slices read (ctjax/data/slicing.py)."""
+  group = (data_config.get("cross_validation") or {}).get("group_column")
+  label = _option(data_config, "label_column")
+  return [c for c in dict.fromkeys(([group] if group else []) +
+                                   slicing.columns(data_config)) if c != label]
+
+
 class _Locations:
   """file:line of each row, kept as indices so that millions of rows stay cheap."""
 
@@ -84,6 +105,7 @@ class Table:
   def __init__(self, columns: dict[str, np.ndarray], data_config: Any,
                location: _Locations):
     self.columns = columns
+    self.data_config = data_config
     self.label_column = _option(data_config, "label_column")
     self.options = {k: _option(data_config, k) for k in
                     ("missing", "standardize", "categorical_encoding")}
@@ -132,9 +154,12 @@ class EncodedTable(ArraySource):
       else:
         blocks.append(codes[:, None])
     inputs = np.concatenate(blocks, axis=1).astype(np.float32)
-    super().__init__({"inputs": inputs, "label": records.encode_labels(
-        table.labels, state["label_names"])})
-    self.label_names = state["label_names"]
+    label = records.encode_fitted_labels(table.data_config, table.labels, state)
+    super().__init__({"inputs": inputs, "label": label}, columns=table.columns)
+    for name, value in records.label_attributes(state).items():
+      setattr(self, name, value)
+    if label.ndim == 2:  # 0/1 label vectors, checked like class ids.
+      self.labels = label
     self.location = table.location
 
 
@@ -153,6 +178,7 @@ def _read_file(path: str, data_config: Any, numeric: list[str]
   """
   label = _option(data_config, "label_column")
   categorical = list(_option(data_config, "categorical_columns"))
+  groups = _text_columns(data_config)
   delimiter = _delimiter(data_config, path)
   with open(path, newline="", encoding="utf-8") as f:
     reader = csv.reader(f, delimiter=delimiter)
@@ -161,19 +187,22 @@ def _read_file(path: str, data_config: Any, numeric: list[str]
       if not header:
         raise UserError(f"{path}: empty; the first line must name the columns")
       if not numeric:
-        numeric = [c for c in header if c != label and c not in categorical]
+        numeric = [c for c in header
+                   if c != label and c not in categorical + groups]
       if not numeric + categorical:
         raise UserError(f"{path}:1: no feature columns besides the label {label!r}; "
                         "check config.data.label_column and the delimiter "
                         f"({delimiter!r})")
       for key, names in (("label_column", [label]), ("numeric_columns", numeric),
-                         ("categorical_columns", categorical)):
+                         ("categorical_columns", categorical),
+                         ("cross_validation.group_column or slices", groups)):
         for name in names:
           if name not in header:
             raise UserError(f"{path}:1: no column {name!r} (config.data.{key}); the "
                             f"header has {', '.join(header)}; fix the config or "
                             f"the file (delimiter {delimiter!r})")
-      wanted = {name: header.index(name) for name in numeric + categorical + [label]}
+      wanted = {name: header.index(name)
+                for name in numeric + categorical + groups + [label]}
       columns = {name: [] for name in wanted}
       lines, problems = [], {}
       for row in reader:
@@ -214,6 +243,19 @@ def _float_or_inf(text: str) -> float:
     return np.inf  # Flagged as not finite, like "inf" itself.
 
 
+def _labels(values: Sequence[str], data_config: Any) -> np.ndarray:
+  """A label column as config.data.label_type reads it: names, numbers (NaN where
+  unparsable), or tuples of names split at config.data.label_separator."""
+  kind = records.label_type(data_config)
+  if kind == "number":
+    return np.array([_float_or_inf(v) if v else np.nan for v in values])
+  if kind == "multilabel":
+    separator = data_config.get("label_separator", "|")
+    return np.array([tuple(n.strip() for n in v.split(separator) if n.strip())
+                     for v in values] + [None], dtype=object)[:-1]
+  return np.asarray(values, dtype=object)
+
+
 def _parse(path: str, data_config: Any, bad: records.BadRecords,
            numeric: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """One file's typed columns, bad rows reported and dropped, and line numbers."""
@@ -228,11 +270,19 @@ def _parse(path: str, data_config: Any, bad: records.BadRecords,
   for name, values in columns.items():
     is_missing = np.isin(np.asarray(values, dtype=str), missing_values)
     if name == label:
-      typed[name] = np.asarray(values, dtype=object)
+      typed[name] = _labels(values, data_config)
+      # An empty multi-label field is the empty set of labels, not a gap.
+      if records.label_type(data_config) == "multilabel":
+        is_missing = np.zeros_like(is_missing)
       for row in np.flatnonzero(is_missing):
         wrong.setdefault(row, f"the label (column {name!r}) is missing; fill it in "
                               "or delete the row")
-    elif name in categorical:
+      if records.label_type(data_config) == "number":
+        for row in np.flatnonzero(~is_missing & ~np.isfinite(typed[name])):
+          wrong.setdefault(row, f"the label (column {name!r}): {values[row]!r} is "
+                                "not a finite number (config.data.label_type="
+                                "'number'); fix it")
+    elif name in categorical or name in _text_columns(data_config):
       typed[name] = np.where(is_missing, None, np.asarray(values, dtype=object))
     else:
       typed[name], unparsable = _parse_numbers(values, is_missing)
@@ -269,7 +319,8 @@ def open_source(data_config: Any, split: str) -> Table:
     # The first file settles the default columns; later files must have them.
     label = _option(data_config, "label_column")
     numeric = [c for c in columns if c != label and
-               c not in _option(data_config, "categorical_columns")]
+               c not in _option(data_config, "categorical_columns") and
+               c not in _text_columns(data_config)]
     parts.append(columns)
     lines.append(file_lines)
   bad.report()
@@ -284,7 +335,8 @@ def fit(data_config: Any, train: Table) -> dict[str, Any]:
   rows = train.get_batch(np.arange(len(train)))
   label = _option(data_config, "label_column")
   categorical = list(_option(data_config, "categorical_columns"))
-  numeric = [c for c in rows if c != label and c not in categorical]
+  numeric = [c for c in rows
+             if c != label and c not in categorical + _text_columns(data_config)]
   mean, std = [], []
   for c in numeric:
     values = rows[c][~np.isnan(rows[c])]
@@ -295,5 +347,5 @@ def fit(data_config: Any, train: Table) -> dict[str, Any]:
       "numeric": {"columns": numeric, "mean": mean, "std": std},
       "vocabularies": {c: sorted({v for v in rows[c] if v is not None})
                        for c in categorical},
-      "label_names": records.fit_label_names(rows[label]),
+      **records.fit_labels(data_config, rows[label]),
   }

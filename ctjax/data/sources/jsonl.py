@@ -17,7 +17,9 @@ ids, "label": int32}; the text is tokenised when its batch is read (the tokenize
 package works on a whole batch in parallel), with the tokenizer's special tokens
 ([CLS] ... [SEP] for BERT; `config.data.special_tokens=False` leaves them out),
 truncated, and padded with the tokenizer's pad id, which BERT masks out of
-attention. With `length_buckets`, every text is tokenised once when the split
+attention. With `config.data.label_type = "number"` the label is a real number
+(regression), with "multilabel" a list of label names ({"text": ..., "label":
+["billing", "urgent"]}): see ctjax/data/records.py. With `length_buckets`, every text is tokenised once when the split
 opens to learn its length, and each batch is padded to the smallest bucket that
 holds its longest text: a handful of compiled shapes instead of one, and short
 texts do not pay for the longest (see ctjax/data/pipeline.py). Labels are names (a vocabulary of the training split's, sorted, saved in
@@ -54,7 +56,9 @@ class Records:
   def __init__(self, texts: list[str], labels: list[Any], locations: list[str],
                data_config: Any):
     self.texts = texts
-    self.labels = np.array([str(v) for v in labels], dtype=object)
+    self.labels = (labels if records.label_type(data_config) != "class" else
+                   np.array([str(v) for v in labels], dtype=object))
+    self.data_config = data_config
     self.locations = locations
     self.tokenizer = tokenizer_lib.load(_option(data_config, "tokenizer"))
     self.vocab_size = self.tokenizer.vocab_size
@@ -79,17 +83,18 @@ class Records:
     return {"text": self.texts[i], "label": self.labels[i]}
 
   def encode(self, state: dict[str, Any]) -> "TokenizedRecords":
-    return TokenizedRecords(self, state["label_names"])
+    return TokenizedRecords(self, state)
 
 
 class TokenizedRecords:
-  """Model-ready classification examples: token ids and a class id."""
+  """Model-ready examples: token ids and a label (see records.label_type)."""
 
-  def __init__(self, raw: Records, label_names: list[str] | None):
+  def __init__(self, raw: Records, state: dict[str, Any]):
     self.raw = raw
     self.vocab_size = raw.vocab_size
-    self.label_names = label_names
-    self.labels = records.encode_labels(raw.labels, label_names)
+    for name, value in records.label_attributes(state).items():
+      setattr(self, name, value)
+    self.labels = records.encode_fitted_labels(raw.data_config, raw.labels, state)
     self.location = raw.location
     self.length_buckets = raw.length_buckets
     if self.length_buckets:
@@ -116,10 +121,27 @@ class TokenizedRecords:
     return {k: v[0] for k, v in self.get_batch(np.array([i])).items()}
 
 
+_LABEL_FORMS = {"class": "a name or an integer", "number": "a number",
+                "multilabel": "a list of names"}
+
+
+def _is_label(value: Any, kind: str) -> bool:
+  """Whether a record's label has the form `kind` (records.LABEL_TYPES) needs."""
+  if isinstance(value, bool):
+    return False
+  if kind == "number":
+    return isinstance(value, (int, float)) and np.isfinite(value)
+  if kind == "multilabel":
+    return isinstance(value, list) and all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+  return isinstance(value, (str, int))
+
+
 def _read(files: list[str], data_config: Any, bad: records.BadRecords
           ) -> tuple[list[str], list[Any], list[str]]:
   text_key, label_key = _option(data_config, "text_key"), _option(data_config,
                                                                    "label_key")
+  kind = records.label_type(data_config)
   texts, labels, locations = [], [], []
   for path in files:
     line_number = 0
@@ -139,11 +161,10 @@ def _read(files: list[str], data_config: Any, bad: records.BadRecords
           elif not isinstance(record.get(text_key), str):
             bad(where, f"no text under {text_key!r} (config.data.text_key); the "
                        f"record has keys {', '.join(record)}")
-          elif label_key and (isinstance(record.get(label_key), bool) or
-                              not isinstance(record.get(label_key), (str, int))):
+          elif label_key and not _is_label(record.get(label_key), kind):
             bad(where, f"no label under {label_key!r} (config.data.label_key) "
-                       "(a name or an integer); add it, or set label_key='' for "
-                       "language modelling")
+                       f"({_LABEL_FORMS[kind]}, as config.data.label_type={kind!r} "
+                       "says); add it, or set label_key='' for language modelling")
           else:
             texts.append(record[text_key])
             labels.append(record.get(label_key) if label_key else None)
@@ -172,4 +193,4 @@ def fit(data_config: Any, train: Records) -> dict[str, Any] | None:
   """The label vocabulary of the training split; nothing to fit for an LM."""
   if not _option(data_config, "label_key"):
     return None
-  return {"label_names": records.fit_label_names(train.labels)}
+  return records.fit_labels(data_config, train.labels)

@@ -3,13 +3,20 @@ import numpy as np
 
 
 class ArraySource:
-  """A dict of equally long arrays; example i is {key: array[i]}."""
+  """A dict of equally long arrays; example i is {key: array[i]}.
 
-  def __init__(self, arrays: dict[str, np.ndarray]):
+  `columns` are raw values per example that are not model inputs (a table's
+  columns by name), for evaluation slices (ctjax/data/slicing.py).
+  """
+
+  def __init__(self, arrays: dict[str, np.ndarray],
+               columns: dict[str, np.ndarray] | None = None):
     lengths = {len(a) for a in arrays.values()}
     assert len(lengths) == 1, {k: len(a) for k, a in arrays.items()}
     self.arrays = arrays
-    # Per-example class labels, for stratified splits; token targets are not.
+    self.columns = columns or {}
+    # Per-example labels, for stratified splits and label checks; token targets
+    # are not.
     label = arrays.get("label")
     self.labels = label if label is not None and label.ndim == 1 else None
 

@@ -1,0 +1,297 @@
+"""The task's own metrics over whole splits: what the trainer evaluates.
+
+  config.evaluators = (
+      dict(type="metrics", splits=("validation",), every="1 epoch",
+           final_splits=("validation", "test"),
+           top_k=(5,), brier=True, calibration_bins=15, auc_bins=4096),
+  )
+  config.checkpoint.best_metric = "validation/roc_auc"   # any metric, min or max
+
+Every split is evaluated exactly: padded, masked batches over the run's mesh, whose
+statistics (ctjax/tasks/: sums that merge across batches, devices and hosts) are
+turned into metrics once at the end. Metrics are named `SPLIT/METRIC`
+("validation/accuracy"), or `NAME/SPLIT/METRIC` when the evaluator is given a name.
+
+A run whose config lists no `metrics` evaluator gets one from the older keys:
+splits=config.eval_splits every config.eval_every, final_splits=
+config.final_eval_splits, bits_per_byte=config.bits_per_byte.
+
+Options (see ctjax/tasks/ for which task takes which statistic, and their cost):
+
+  splits          evaluated every `every`
+  final_splits    evaluated at the end (default: `splits`)
+  top_k, brier, calibration_bins, auc_bins   more statistics (classification;
+                  multilabel takes top_k and auc_bins); 0 / () / False: off
+  bits_per_byte   also report the loss in bits (byte-level language models)
+  predictions     at the end, write every example's prediction (below)
+  slices, resamples, slice_seed   at the end, the metrics with bootstrap
+                  intervals (seeded, `resamples` of them; 0: none), overall (the
+                  slice "all") and per group of the data's slices
+                  (config.data.slices; slices=False: not those); ctjax/slices.py
+
+At the end each final split also leaves, when the Context has an `output_dir`
+(process 0 writes):
+
+  OUTPUT_DIR/SPLIT/metrics.json      {"split", "task", "class_names", "metrics",
+                                      "per_class", "slices"}
+  OUTPUT_DIR/SPLIT/stats.npz         the merged statistics (curves are drawn from them)
+  OUTPUT_DIR/SPLIT/predictions.jsonl one line per example: index, id (file:line or
+                                      path where the data has one), label,
+                                      prediction, scores, confidence
+"""
+import functools
+import inspect
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctjax import report
+from ctjax import sharding
+from ctjax import slices as slices_lib
+from ctjax import tasks
+from ctjax.data import pipeline
+from ctjax.evaluators import common
+
+
+def split_stats(step: Callable, params: Any, loader: pipeline.BatchLoader,
+                mesh: jax.sharding.Mesh, *, batch_size: int,
+                on_batch: Callable[[], None] = lambda: None,
+                on_outputs: Callable[[dict[str, np.ndarray]], None] | None = None
+                ) -> dict[str, np.ndarray]:
+  """The merged statistics of a whole split (padded, masked, summed across hosts).
+
+  `step(params, batch)` returns the batch's statistics, replicated, or with
+  `on_outputs`, (statistics, per-example outputs), the outputs fetched and handed
+  to `on_outputs` batch by batch, with the batch's "index" and "mask".
+  """
+  stats = None
+  for local in pipeline.eval_batches(loader, global_batch_size=batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    batch = sharding.global_batch(local, mesh)
+    # One eval step at a time: successive steps do not depend on each other, so
+    # XLA on CPU may run two at once, and with several processes their gloo
+    # collectives then pair up in a different order on each process: a deadlock.
+    # The batch above is already copied while the previous step runs.
+    if stats is not None:
+      jax.block_until_ready(stats)
+    result = step(params, batch)
+    on_batch()
+    if on_outputs is not None:
+      result, outputs = result
+      on_outputs(jax.device_get(outputs))
+    stats = result if stats is None else jax.tree.map(jnp.add, stats, result)
+  return jax.device_get(stats)
+
+
+class Evaluator:
+  """Options: see the module's docstring."""
+
+  def __init__(self, context: Any, *, splits: Sequence[str] = ("validation",),
+               final_splits: Sequence[str] | None = None,
+               top_k: Sequence[int] = (), brier: bool = False,
+               calibration_bins: int = 0, auc_bins: int = 0,
+               bits_per_byte: bool = False, predictions: bool = True,
+               slices: bool = True, resamples: int = 1000, slice_seed: int = 0):
+    key = context.key
+    self._context = context
+    self.task = tasks.get(context.task)
+    self.splits = tuple(splits)
+    self.final_splits = self.splits if final_splits is None else tuple(final_splits)
+    for option, names in (("splits", self.splits), ("final_splits", self.final_splits)):
+      for name in names:
+        common.check(name in context.loaders, f"{key}.{option}={names!r}",
+                     f"no split {name!r}; the data config defines "
+                     f"{', '.join(context.loaders)}")
+    requested = {"top_k": tuple(top_k), "brier": brier,
+                 "calibration_bins": calibration_bins, "auc_bins": auc_bins}
+    accepted = inspect.signature(self.task.stats).parameters
+    for option, value in requested.items():
+      common.check(not value or option in accepted, f"{key}.{option}={value!r}",
+                   f"the {context.task} task has no such statistic; remove it")
+    common.check(all(isinstance(k, int) and k > 0 for k in requested["top_k"]),
+                 f"{key}.top_k={top_k!r}", "give positive integers")
+    for option in ("calibration_bins", "auc_bins", "resamples"):
+      value = locals()[option] if option != "resamples" else resamples
+      common.check(isinstance(value, int) and value >= 0, f"{key}.{option}={value!r}",
+                   "give a non-negative integer (0: off)")
+    self._stats_options = {k: v for k, v in requested.items() if v}
+    self._summary_options = ({"bits_per_byte": True} if bits_per_byte else {})
+    common.check(not bits_per_byte or context.task == "classification",
+                 f"{key}.bits_per_byte", "is for byte-level language models")
+    # Predictions are per example; a language model's would be per token.
+    sample = context.loaders[(self.splits + self.final_splits + ("train",))[0]].load(
+        np.zeros(1, np.int64), None)
+    per_token = context.task == "classification" and np.ndim(sample["label"]) > 1
+    self.predictions = predictions and not per_token
+    if context.task == "classification" and not per_token:
+      # The confusion matrix: precision, recall and F1 per class and averaged.
+      self._stats_options["num_classes"] = context.model.num_classes
+    self.resamples, self.slice_seed = resamples, slice_seed
+    train = context.loaders.get("train")
+    source = train.source if train is not None else None
+    self.class_names = getattr(source, "label_names", None)
+    self.slices = slices
+    # Regression targets standardised by the data layer: metrics and predictions
+    # in the original units.
+    self.label_mean = np.asarray(getattr(source, "label_mean", 0.0), np.float64)
+    self.label_std = np.asarray(getattr(source, "label_std", 1.0), np.float64)
+    self._steps = {}
+
+  def _outputs(self, params, inputs):
+    context = self._context
+    return context.model.apply({"params": context.model_params(params)}, inputs,
+                               train=False)
+
+  def _slice_names(self, split: str) -> dict[str, list[str]]:
+    """The split's slices (config.data.slices) and their groups' names, after
+    the slice of all examples, whose intervals are the overall metrics'."""
+    overall = {report.OVERALL_SLICE: ["all examples"]} if self.resamples else {}
+    if not self.slices:
+      return overall
+    return {**overall,
+            **getattr(self._context.loaders[split].source, "slice_names", {})}
+
+  def _step(self, final: bool, split: str) -> Callable:
+    """The jitted evaluation step; at the end it also returns per-example
+    outputs and per-slice statistics (whose group counts differ by split)."""
+    key = (final, split if final else None)
+    if key in self._steps:
+      return self._steps[key]
+    task, options = self.task, self._stats_options
+    slice_names = self._slice_names(split) if final else {}
+    with_outputs = final and self.predictions
+
+    def step(params, batch):
+      outputs = self._outputs(params, batch["inputs"])
+      stats = task.stats(outputs, batch["label"], batch["mask"], **options)
+      if slice_names:
+        stats["slices"] = {
+            name: slices_lib.slice_stats(
+                functools.partial(task.stats, **self._slice_options()), outputs,
+                batch["label"], batch["mask"],
+                groups=(jnp.zeros_like(batch["index"]) if name == report.OVERALL_SLICE
+                        else batch[f"slice/{name}"]),
+                num_groups=len(groups), example_ids=batch["index"],
+                resamples=self.resamples, seed=self.slice_seed)
+            for name, groups in slice_names.items()}
+      if not with_outputs:
+        return stats
+      predicted = task.predict(outputs)
+      return stats, {**predicted, "label": batch["label"], "index": batch["index"],
+                     "mask": batch["mask"]}
+
+    replicated = jax.sharding.NamedSharding(self._context.mesh,
+                                            jax.sharding.PartitionSpec())
+    self._steps[key] = jax.jit(step, out_shardings=replicated)
+    return self._steps[key]
+
+  def _slice_options(self) -> dict[str, Any]:
+    """What each bootstrap replicate keeps: every statistic but the histograms,
+    whose bins times groups times resamples would not fit (ctjax/slices.py)."""
+    return {k: v for k, v in self._stats_options.items() if k != "auc_bins"}
+
+  def _summarize(self, stats: dict) -> dict[str, float]:
+    if self._context.task == "regression":
+      return self.task.summarize(stats, label_std=self.label_std)
+    return self.task.summarize(stats, **self._summary_options)
+
+  def _evaluate(self, params: Any, split: str, final: bool) -> dict[str, float]:
+    context = self._context
+    writing = final and context.output_dir and jax.process_index() == 0
+    rows = [] if final and self.predictions else None
+    on_outputs = rows.append if rows is not None else None
+    stats = split_stats(self._step(final, split), params, context.loaders[split],
+                        context.mesh, batch_size=context.batch_size,
+                        on_batch=context.on_batch, on_outputs=on_outputs)
+    slice_stats = stats.pop("slices", {})
+    results = self._summarize(stats)
+    if writing:
+      folder = os.path.join(context.output_dir, split)
+      os.makedirs(folder, exist_ok=True)
+      summary = {
+          "split": split, "task": context.task,
+          "class_names": list(self.class_names) if self.class_names else None,
+          "metrics": results,
+          "per_class": {k: np.asarray(v).tolist() for k, v in self._per_class(
+              stats).items()},
+          "slices": {name: slices_lib.summarize_slices(
+              s, self._summarize, self._slice_names(split)[name],
+              seed=self.slice_seed,
+              metrics=[m for m in self.task.HEADLINE if m in results])
+                     for name, s in slice_stats.items()},
+      }
+      _write_atomically(os.path.join(folder, "metrics.json"),
+                        json.dumps(_finite(summary), indent=1))
+      np.savez(os.path.join(folder, "stats.npz"), **stats)
+      if rows is not None:
+        self._write_predictions(os.path.join(folder, "predictions.jsonl"),
+                                context.loaders[split].source, rows)
+    return {f"{split}/{k}": v for k, v in results.items()}
+
+  def _per_class(self, stats: dict) -> dict[str, np.ndarray]:
+    if self._context.task == "regression":
+      return self.task.per_class(stats, label_std=self.label_std)
+    return self.task.per_class(stats)
+
+  def _write_predictions(self, path: str, source: Any,
+                         rows: list[dict[str, np.ndarray]]) -> None:
+    """One JSON object per real example, in split order."""
+    location = getattr(source, "location", None)
+    regression = self._context.task == "regression"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      for batch in rows:
+        real = np.asarray(batch["mask"]).reshape(len(batch["mask"]), -1)[:, 0] > 0
+        for i in np.flatnonzero(real):
+          index = int(batch["index"][i])
+          label, prediction = batch["label"][i], batch["prediction"][i]
+          scores = batch["scores"][i]
+          record = {"index": index,
+                    "id": location(index) if location else f"example {index}"}
+          if regression:
+            label = np.asarray(label, np.float64) * self.label_std + self.label_mean
+            prediction = (np.asarray(prediction, np.float64) * self.label_std
+                          + self.label_mean)
+            record.update(label=label.tolist(), prediction=prediction.tolist(),
+                          scores=prediction.tolist(), confidence=None)
+          else:
+            record.update(label=np.asarray(label).tolist(),
+                          prediction=np.asarray(prediction).tolist(),
+                          scores=np.round(np.asarray(scores, np.float64), 6).tolist(),
+                          confidence=round(float(np.max(scores)), 6))
+          f.write(json.dumps(record) + "\n")
+    os.replace(path + ".tmp", path)
+
+  def run(self, params: Any) -> dict[str, float]:
+    results = {}
+    for split in self.splits:
+      results.update(self._evaluate(params, split, final=False))
+    return results
+
+  def run_final(self, params: Any) -> dict[str, float]:
+    results = {}
+    for split in self.final_splits:
+      results.update(self._evaluate(params, split, final=True))
+    return results
+
+
+def _finite(value: Any) -> Any:
+  """NaN and infinities as None: JSON has no such numbers."""
+  if isinstance(value, float):
+    return value if np.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
+
+
+def _write_atomically(path: str, text: str) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)

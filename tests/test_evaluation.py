@@ -1,0 +1,166 @@
+"""Evaluation end to end: regression and multi-label runs, slices, the files a run
+leaves in WORKDIR/eval/, each checked against scikit-learn on the run's own
+exported predictions."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from sklearn import datasets
+from sklearn import metrics as skm
+
+import run_util
+import tolerances
+
+# Predictions are written with 6 decimals and metrics come from float32 sums:
+# scikit-learn on the exported predictions agrees to well within this.
+EXPORT_RTOL = 1e-4
+
+
+def _eval_files(workdir, split="test"):
+  folder = workdir / "eval" / "final" / split
+  summary = json.loads((folder / "metrics.json").read_text())
+  predictions = [json.loads(line) for line in
+                 (folder / "predictions.jsonl").read_text().splitlines()]
+  return summary, predictions
+
+
+def test_regression_trains_on_diabetes_and_reports_in_original_units(tmp_path):
+  config = run_util.write_config(tmp_path, dict(
+      task="regression", seed=0,
+      data=dict(source="sklearn_datasets", name="diabetes", stratify=False,
+                split_fractions={"train": 0.7, "validation": 0.15, "test": 0.15},
+                num_threads=1, prefetch=0),
+      model=dict(name="mlp", num_classes=1, hidden_sizes=()),
+      batch_size=16, train_duration="40 epochs", log_every=100, eval_every=0,
+      optim=dict(lr=0.05, clip_norm=0.0, schedule=dict(name="constant")),
+      checkpoint=dict(every=0)))
+  run_util.train(config, tmp_path / "run", devices=2)
+  logged = run_util.metrics(tmp_path / "run")[-1]
+  summary, predictions = _eval_files(tmp_path / "run")
+  labels = np.array([p["label"] for p in predictions])
+  predicted = np.array([p["prediction"] for p in predictions]).reshape(labels.shape)
+  # Original units: diabetes' targets are integers from 25 to 346 (standardised
+  # in float32 and back: within float32 rounding of 346).
+  assert labels.min() >= 25 and labels.max() <= 346 and len(labels) == 66
+  assert np.abs(labels - np.round(labels)).max() < 1e-4
+  for name, value in (("r2", skm.r2_score(labels, predicted)),
+                      ("mse", skm.mean_squared_error(labels, predicted)),
+                      ("mae", skm.mean_absolute_error(labels, predicted))):
+    assert logged[f"test/{name}"] == pytest.approx(value, rel=EXPORT_RTOL), name
+    assert summary["metrics"][name] == logged[f"test/{name}"]
+  # A linear model of the ten features: scikit-learn's least squares scores about
+  # 0.4 to 0.5 on held-out patients; the trained one must be of that kind.
+  assert logged["test/r2"] > 0.3
+
+
+def _tickets(path, rng, n):
+  """A multi-label table: two numeric features decide labels 'a' and 'b', a third
+  label 'c' is noise; the label column joins names with '|', empty for none."""
+  x = rng.normal(size=(n, 3))
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["x0", "x1", "x2", "site", "tags"])
+    for i, row in enumerate(x):
+      tags = [t for t, on in (("a", row[0] > 0), ("b", row[1] > 0.5),
+                              ("c", rng.random() < 0.2)) if on]
+      writer.writerow([*(f"{v:.4f}" for v in row), f"site{i % 3}", "|".join(tags)])
+
+
+def test_multilabel_csv_trains_and_its_metrics_match_sklearn(tmp_path):
+  _tickets(tmp_path / "tickets.csv", np.random.default_rng(0), 400)
+  config = run_util.write_config(tmp_path, dict(
+      task="multilabel", seed=0,
+      data=dict(source="csv", path=str(tmp_path / "tickets.csv"),
+                label_column="tags", label_type="multilabel",
+                numeric_columns=("x0", "x1", "x2"), slices={"site": "site"},
+                split_fractions={"train": 0.6, "validation": 0.2, "test": 0.2},
+                num_threads=1, prefetch=0),
+      model=dict(name="mlp", num_classes=3, hidden_sizes=(16,)),
+      batch_size=32, train_duration="30 epochs", log_every=100,
+      evaluators=[dict(type="metrics", splits=["validation"], every="10 epochs",
+                       final_splits=["test"], top_k=[1, 2], auc_bins=1024,
+                       resamples=100)],
+      checkpoint=dict(every=0, best_metric="validation/mean_average_precision")))
+  run_util.train(config, tmp_path / "run", devices=2)
+  logged = run_util.metrics(tmp_path / "run")[-1]
+  summary, predictions = _eval_files(tmp_path / "run")
+  assert summary["class_names"] == ["a", "b", "c"]
+  labels = np.array([p["label"] for p in predictions])
+  scores = np.array([p["scores"] for p in predictions])
+  predicted = np.array([p["prediction"] for p in predictions])
+  assert labels.shape == (80, 3) and set(np.unique(labels)) <= {0, 1}
+  np.testing.assert_array_equal(predicted, (scores >= 0.5).astype(int))
+  assert logged["test/micro_f1"] == pytest.approx(
+      skm.f1_score(labels, predicted, average="micro"), rel=1e-12)
+  assert logged["test/hamming_loss"] == pytest.approx(
+      skm.hamming_loss(labels, predicted), rel=1e-12)
+  assert logged["test/label_ranking_average_precision"] == pytest.approx(
+      skm.label_ranking_average_precision_score(labels, scores), rel=EXPORT_RTOL)
+  want_map = skm.average_precision_score(labels, scores, average="macro")
+  assert abs(logged["test/mean_average_precision"] - want_map) <= (
+      logged["test/mean_average_precision_bin_error_bound"] + EXPORT_RTOL)
+  # The learnable labels are learnt; 'c' is noise.
+  assert summary["per_class"]["roc_auc"][0] > 0.9
+  # Slices by site: every group's value is the metric of its own rows.
+  groups = summary["slices"]["site"]["groups"]
+  assert [g["name"] for g in groups] == ["site0", "site1", "site2"]
+  assert sum(g["count"] for g in groups) == len(predictions)
+
+
+def _breast_cancer_csv(path, rng):
+  """scikit-learn's breast-cancer table with two made-up columns to slice by: a
+  site (three hospitals) and an age."""
+  bunch = datasets.load_breast_cancer()
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow([*bunch.feature_names, "site", "age", "diagnosis"])
+    for features, target in zip(bunch.data, bunch.target):
+      writer.writerow([*(f"{x:g}" for x in features), rng.choice(["A", "B", "C"]),
+                       int(rng.integers(25, 85)), bunch.target_names[target]])
+
+
+def test_slices_on_breast_cancer_match_sklearn_per_group(tmp_path):
+  _breast_cancer_csv(tmp_path / "bc.csv", np.random.default_rng(1))
+  features = [str(f) for f in datasets.load_breast_cancer().feature_names]
+  config = run_util.write_config(tmp_path, dict(
+      seed=0,
+      data=dict(source="csv", path=str(tmp_path / "bc.csv"), label_column="diagnosis",
+                numeric_columns=features,
+                slices={"site": "site", "age": {"column": "age", "edges": [50, 65]},
+                        "diagnosis": "label"},
+                split_fractions={"train": 0.5, "validation": 0.1, "test": 0.4},
+                stratify=True, num_threads=1, prefetch=0),
+      model=dict(name="mlp", num_classes=2, hidden_sizes=(16,)),
+      batch_size=32, train_duration=150, log_every=50, eval_every=0,
+      evaluators=[dict(type="metrics", final_splits=["test"], auc_bins=256,
+                       calibration_bins=10, resamples=300, slice_seed=7)],
+      checkpoint=dict(every=0)))
+  run_util.train(config, tmp_path / "run", devices=8)
+  summary, predictions = _eval_files(tmp_path / "run")
+  rows = list(csv.DictReader(open(tmp_path / "bc.csv")))
+  line_of = lambda p: int(p["id"].rsplit(":", 1)[1]) - 2  # header is line 1
+  site = np.array([rows[line_of(p)]["site"] for p in predictions])
+  age = np.array([int(rows[line_of(p)]["age"]) for p in predictions])
+  labels = np.array([p["label"] for p in predictions])
+  predicted = np.array([p["prediction"] for p in predictions])
+  report = summary["slices"]
+  assert report["site"]["resamples"] == 300 and report["site"]["seed"] == 7
+  for name, members in (("A", site == "A"), ("B", site == "B"), ("C", site == "C"),
+                        ("< 50", age < 50), ("50 to < 65", (age >= 50) & (age < 65)),
+                        (">= 65", age >= 65), ("benign", labels == 0),
+                        ("malignant", labels == 1)):
+    slice_name = ("site" if name in "ABC" else "diagnosis"
+                  if name in ("benign", "malignant") else "age")
+    [group] = [g for g in report[slice_name]["groups"] if g["name"] == name]
+    assert group["count"] == members.sum(), name
+    accuracy = group["metrics"]["accuracy"]
+    assert accuracy["value"] == pytest.approx(
+        skm.accuracy_score(labels[members], predicted[members]), rel=1e-12), name
+    assert accuracy["low"] <= accuracy["value"] <= accuracy["high"], name
+  # Per class: recall of the class is accuracy on its own examples.
+  recall = summary["per_class"]["recall"]
+  [malignant] = [g for g in report["diagnosis"]["groups"] if g["name"] == "malignant"]
+  assert malignant["metrics"]["accuracy"]["value"] == pytest.approx(recall[1])
+  assert set(report["site"]["gap"]) >= {"accuracy"}
