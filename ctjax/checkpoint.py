@@ -112,6 +112,10 @@ for _logger in ("absl", "asyncio"):
 # policy skips it (see make_manager); Orbax's warning about each one is noise.
 logging.getLogger("absl").addFilter(
     lambda record: "did not provide metrics" not in record.getMessage())
+# `ctjax eval` and `export` open the checkpoints read-only on purpose.
+logging.getLogger("absl").addFilter(
+    lambda record: not any(notice in record.getMessage() for notice in
+                           ("Given directory is read only", "read_only=True")))
 
 
 _report_unraisable = sys.unraisablehook

@@ -4,9 +4,11 @@
               [--config.a.b=VALUE ...]
   ctjax export --workdir DIR --to OUT [--checkpoint latest|best]
               (a Hugging Face directory that transformers loads; see ctjax/export.py)
-  ctjax eval --workdir DIR [--checkpoint latest|best] [--config.evaluators=...]
-              (the run's evaluators, or others, on a checkpoint; results appended
-              to DIR/metrics.jsonl; see ctjax/evaluators/)
+  ctjax eval --workdir DIR [--checkpoint latest|best|STEP] [--split test]
+             [--data.path=NEW_FILE] [--predictions jsonl|csv] [--config.KEY=...]
+              (a checkpoint evaluated on this machine's devices, on the run's
+              splits or a new file of its schema: DIR/eval/step_N/, plots, report,
+              predictions; see ctjax/evaluators/standalone.py)
   ctjax cv --config configs/NAME.py[:ARG] --workdir DIR [--folds 5] [--stratified]
            [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
               (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
@@ -68,9 +70,14 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   evaluate = commands.add_parser(
       "eval", help="run evaluators (config.evaluators) on a run's checkpoint")
   evaluate.add_argument("--workdir", required=True, help="the run's folder")
-  evaluate.add_argument("--checkpoint", choices=("latest", "best"),
-                        default="latest", help="which checkpoint: the newest, or "
-                        "the best by the run's config.checkpoint.best_metric")
+  evaluate.add_argument("--checkpoint", default="latest",
+                        help="which checkpoint: latest (default), best (by the "
+                        "run's config.checkpoint.best_metric), or a step")
+  evaluate.add_argument("--split", default=None,
+                        help="the split to evaluate (default: the run's final "
+                        "ones); with --data.path, the new data's name")
+  evaluate.add_argument("--predictions", default="jsonl",
+                        help="jsonl (default), or csv for predictions.csv too")
   evaluate.add_argument("--verbose", action="store_true",
                         help="on an error, print the full traceback too")
   from ctjax import cv  # pylint: disable=g-import-not-at-top
@@ -80,7 +87,14 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   if args.command == "export" and rest:
     parser.error(f"unrecognised arguments {' '.join(rest)!r}")
   overrides = []
-  for item in rest:
+  rest = list(rest)
+  while rest:
+    item = rest.pop(0)
+    if args.command == "eval" and item.startswith("--data."):
+      # --data.path=new.csv (or --data.path new.csv): new data to evaluate.
+      if "=" not in item and rest and not rest[0].startswith("--"):
+        item += "=" + rest.pop(0)
+      item = "--config." + item[2:]
     if not item.startswith("--config."):
       parser.error(f"unrecognised argument {item!r}; overrides look like "
                    "--config.optim.lr=0.01")
@@ -123,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
       config = runs.read_config(args.workdir)
       for override in overrides:  # Say other evaluators than the run's own.
         config_lib.apply_override(config, override)
-      standalone.run_standalone(config, args.workdir, args.checkpoint)
+      standalone.run_standalone(
+          config, args.workdir, args.checkpoint, split=args.split,
+          new_data=any(o.startswith("data.path=") for o in overrides),
+          predictions_format=args.predictions)
       return
     from ctjax import train  # pylint: disable=g-import-not-at-top
     config = config_lib.load_config(args.config, overrides)

@@ -59,7 +59,8 @@ def _model_inputs(workdir: str) -> jax.ShapeDtypeStruct:
 
 def choose_step(workdir: str, manager: ocp.CheckpointManager,
                 checkpoint_config: Any, which: str) -> int:
-  """The latest checkpoint's step, or the best by config.checkpoint.best_metric.
+  """The latest checkpoint's step, the best by config.checkpoint.best_metric, or
+  the step `which` names (digits).
 
   The best is read from metrics.jsonl (the workdir contract) at the steps that
   have a checkpoint; of equally good steps, the later, which trained longer.
@@ -69,8 +70,13 @@ def choose_step(workdir: str, manager: ocp.CheckpointManager,
     raise UserError(f"{manager.directory}: no checkpoint; train first")
   if which == "latest":
     return max(steps)
+  if which.isdigit():
+    if int(which) not in steps:
+      raise UserError(f"--checkpoint={which}: no checkpoint of that step; "
+                      f"{manager.directory} has {', '.join(map(str, sorted(steps)))}")
+    return int(which)
   if which != "best":
-    raise UserError(f"checkpoint={which!r}: give 'latest' or 'best'")
+    raise UserError(f"--checkpoint={which!r}: give 'latest', 'best' or a step")
   metric = checkpoint_config.best_metric
   if not metric:
     raise UserError("--checkpoint best needs the run's config.checkpoint.best_metric "
@@ -91,6 +97,17 @@ def choose_step(workdir: str, manager: ocp.CheckpointManager,
   return max(scored, key=lambda step: (sign * scored[step], step))
 
 
+def choose_checkpoint_step(workdir: str, config: ml_collections.ConfigDict,
+                           which: str) -> int:
+  """`choose_step` for the run in `workdir`, read without writing."""
+  manager = checkpoint.make_manager(checkpoint.checkpoint_dir(workdir),
+                                    read_only=True)
+  try:
+    return choose_step(workdir, manager, config.checkpoint, which)
+  finally:
+    manager.close()
+
+
 def load_model(workdir: str, which: str = "latest", *,
                config: ml_collections.ConfigDict | None = None
                ) -> tuple[ml_collections.ConfigDict, nn.Module, Any, int]:
@@ -101,7 +118,7 @@ def load_model(workdir: str, which: str = "latest", *,
 
   Args:
     workdir: the run's folder.
-    which: "latest", or "best" by config.checkpoint.best_metric.
+    which: "latest", "best" by config.checkpoint.best_metric, or a step.
     config: the run's config, if the caller changed it (say its evaluators);
       WORKDIR/config.json by default.
   """

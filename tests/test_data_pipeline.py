@@ -1,6 +1,9 @@
 """The input pipeline: resumable without replay, epochs, processes, exact evaluation."""
+import json
+
 import numpy as np
 import pytest
+import scipy.special
 
 import multiprocess_util
 import run_util
@@ -101,6 +104,9 @@ def test_process_shares_make_up_the_global_batch_and_eval_is_exact():
   assert sorted(seen) == list(range(45))  # Every example once; padding masked.
 
 
+CALIBRATION_BINS = 10
+
+
 def test_one_and_two_processes_give_the_same_validation_metrics(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(300, 3))
@@ -115,9 +121,13 @@ def test_one_and_two_processes_give_the_same_validation_metrics(tmp_path):
                "label_column": "y", "categorical_columns": ("colour",),
                # 45 validation rows: the last eval batch is padded.
                "split_fractions": {"train": 0.7, "validation": 0.15, "test": 0.15},
-               "stratify": True, "num_threads": 1},
+               "stratify": True, "num_threads": 1, "slices": {"colour": "colour"}},
       "model": {"name": "mlp", "num_classes": 3, "hidden_sizes": (16,)},
-      "batch_size": 16, "train_duration": 30, "log_every": 10, "eval_every": 0,
+      "batch_size": 16, "train_duration": 30, "log_every": 10,
+      # Every statistic there is, and slices with bootstrap intervals.
+      "evaluators": [{"type": "metrics", "final_splits": ("validation", "test"),
+                      "top_k": (2,), "brier": True, "calibration_bins": CALIBRATION_BINS,
+                      "auc_bins": 512, "resamples": 50}],
       "optim": {"lr": 0.01},
   })
   run_util.train(config, tmp_path / "one", devices=8)
@@ -141,17 +151,47 @@ def test_one_and_two_processes_give_the_same_validation_metrics(tmp_path):
                                   write_state=False)
   model = models.get_model(run_config.model)
   params = run_util.saved_state(workdir)["params"]
+  calibration_slack = {}
   for name in ("validation", "test"):
     source = splits[name]
     logits = np.asarray(model.apply({"params": params},
                                     source.get_batch(np.arange(len(source)))["inputs"]))
-    top_two = np.sort(logits, axis=1)[:, -2:]
-    assert (top_two[:, 1] - top_two[:, 0]).min() > 2 * rtol * np.abs(logits).max()
+    # Every class's rank is that far from changing, so top-k counts are too.
+    logit_error = rtol * np.abs(logits).max()
+    assert np.diff(np.sort(logits, axis=1), axis=1).min() > 2 * logit_error
+    # A confidence moves by at most 2·logit_error (softmax is 1-Lipschitz per
+    # logit pair); an example that close to a calibration bin's edge may change
+    # bins, moving the expected calibration error by at most 2/n.
+    confidence = scipy.special.softmax(logits.astype(np.float64), axis=1).max(1)
+    edges = np.arange(1, CALIBRATION_BINS) / CALIBRATION_BINS
+    near = (np.abs(confidence[:, None] - edges).min(1) <= 2 * logit_error).sum()
+    calibration_slack[name] = 2 * near / len(source) + rtol
   for key in one:
-    if key.endswith("loss"):
+    split, metric = key.split("/")
+    if metric.endswith(("loss", "brier")):
       assert two[key] == pytest.approx(one[key], rel=rtol), key
-    else:
+    elif metric == "expected_calibration_error":
+      assert abs(two[key] - one[key]) <= calibration_slack[split], key
+    elif metric in ("roc_auc_ovr", "average_precision_ovr"):
+      # Both within their bin error bounds of the exact value (a probability near
+      # a bin's edge may land in either bin).
+      bound = one[f"{key}_bin_error_bound"] + two[f"{key}_bin_error_bound"]
+      assert abs(two[key] - one[key]) <= bound + 1e-12, key
+    elif not metric.endswith("_bin_error_bound"):
       assert two[key] == one[key], key
+  # Slices: each colour's accuracy and its bootstrap interval, to the bit (the
+  # Poisson weights depend on the seed and the example only).
+  for name in ("validation", "test"):
+    one_slices, two_slices = (json.loads((tmp_path / d / "eval" / "final" / name /
+                                          "metrics.json").read_text())["slices"]
+                              for d in ("one", "two"))
+    assert [g["name"] for g in one_slices["colour"]["groups"]] == [
+        "blue", "green", "red"]
+    for slice_name in ("all", "colour"):
+      for g1, g2 in zip(one_slices[slice_name]["groups"],
+                        two_slices[slice_name]["groups"]):
+        assert g1["count"] == g2["count"]
+        assert g1["metrics"]["accuracy"] == g2["metrics"]["accuracy"]
 
 
 def _texts_of_many_lengths(tmp_path, count=200):

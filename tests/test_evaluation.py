@@ -164,3 +164,90 @@ def test_slices_on_breast_cancer_match_sklearn_per_group(tmp_path):
   [malignant] = [g for g in report["diagnosis"]["groups"] if g["name"] == "malignant"]
   assert malignant["metrics"]["accuracy"]["value"] == pytest.approx(recall[1])
   assert set(report["site"]["gap"]) >= {"accuracy"}
+
+
+def _cli(*args, devices):
+  """`ctjax ARGS...` on `devices` fake CPU devices; the completed process."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, "-m", "ctjax", *map(str, args)],
+                        cwd=run_util.REPO, env=run_util.env(devices),
+                        capture_output=True, text=True, timeout=run_util.TIMEOUT_S)
+
+
+def test_eval_on_another_device_count_and_on_a_new_file(tmp_path):
+  """Trained on 8 devices, evaluated on 2: the same metrics; then a new file of the
+  same schema, evaluated whole with the run's saved encoding, exported to CSV."""
+  _breast_cancer_csv(tmp_path / "bc.csv", np.random.default_rng(2))
+  features = [str(f) for f in datasets.load_breast_cancer().feature_names]
+  config = run_util.write_config(tmp_path, dict(
+      seed=0,
+      data=dict(source="csv", path=str(tmp_path / "bc.csv"), label_column="diagnosis",
+                numeric_columns=features, slices={"site": "site"},
+                split_fractions={"train": 0.6, "validation": 0.2, "test": 0.2},
+                stratify=True, num_threads=1, prefetch=0),
+      model=dict(name="mlp", num_classes=2, hidden_sizes=(16,)),
+      batch_size=32, eval_batch_size=24, train_duration=80, log_every=40,
+      eval_every=40, checkpoint=dict(every=40, best_metric="validation/loss",
+                                     best_mode="min")))
+  workdir = tmp_path / "run"
+  run_util.train(config, workdir, devices=8)
+  trained = run_util.metrics(workdir)[-1]
+
+  result = _cli("eval", "--workdir", workdir, "--split", "test", devices=2)
+  assert result.returncode == 0, result.stderr
+  evaluated = run_util.metrics(workdir)[-1]
+  assert evaluated["step"] == 80
+  # Another device count and batch: the same predictions (accuracy is exact for a
+  # model this far from its decision boundary) and a loss summed in another order.
+  assert evaluated["test/accuracy"] == trained["test/accuracy"]
+  assert evaluated["test/loss"] == pytest.approx(
+      trained["test/loss"], rel=tolerances.sum_rtol(32 * 2 * 30 + 114))
+  assert (workdir / "eval" / "step_80" / "test" / "stats.npz").exists()
+  assert (workdir / "report.html").stat().st_size > 10_000
+  assert any((workdir / "plots").glob("step_80_test_*.png"))
+
+  rows = (tmp_path / "bc.csv").read_text().splitlines()
+  (tmp_path / "new.csv").write_text("\n".join(rows[:1] + rows[100:150]) + "\n")
+  result = _cli("eval", "--workdir", workdir, "--data.path", tmp_path / "new.csv",
+                "--predictions", "csv", "--checkpoint", "40", devices=1)
+  assert result.returncode == 0, result.stderr
+  with open(workdir / "eval" / "step_40" / "new" / "predictions.csv") as f:
+    exported = list(csv.DictReader(f))
+  assert len(exported) == 50
+  assert exported[0]["id"] == f"{tmp_path / 'new.csv'}:2"
+  labels = [r["label"] for r in exported]
+  assert set(labels) <= {"benign", "malignant"}
+  assert [r["label"] for r in exported] == [r.rsplit(",", 1)[1] for r in rows[100:150]]
+  logged = run_util.metrics(workdir)[-1]
+  assert logged["step"] == 40
+  assert logged["new/accuracy"] == pytest.approx(skm.accuracy_score(
+      labels, [r["prediction"] for r in exported]), rel=1e-12)
+
+  result = _cli("eval", "--workdir", workdir, "--checkpoint", "7", devices=1)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "ctjax: error: --checkpoint=7: no checkpoint of that step")
+
+
+def test_slices_by_class_on_digits_are_per_class_recall(tmp_path):
+  config = run_util.write_config(tmp_path, dict(
+      seed=0,
+      data=dict(source="sklearn_datasets", name="digits", slices={"digit": "label"},
+                split_fractions={"train": 0.8, "validation": 0.1, "test": 0.1},
+                num_threads=1, prefetch=0),
+      model=dict(name="mlp", num_classes=10, hidden_sizes=(32,)),
+      batch_size=64, train_duration=40, log_every=20, eval_every=0,
+      evaluators=[dict(type="metrics", final_splits=["test"], resamples=100)],
+      checkpoint=dict(every=0)))
+  run_util.train(config, tmp_path / "run", devices=8)
+  summary, predictions = _eval_files(tmp_path / "run")
+  groups = summary["slices"]["digit"]["groups"]
+  assert [g["name"] for g in groups] == [str(d) for d in range(10)]
+  support, recall = summary["per_class"]["support"], summary["per_class"]["recall"]
+  labels = np.array([p["label"] for p in predictions])
+  for digit, group in enumerate(groups):
+    assert group["count"] == support[digit] == (labels == digit).sum()
+    assert group["metrics"]["accuracy"]["value"] == pytest.approx(recall[digit])
+    # About 18 examples a digit: too few to say much, and the report says so.
+    assert "fewer than 30" in group["warning"]

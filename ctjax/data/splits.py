@@ -265,10 +265,7 @@ def open_splits(data_config: Any, *, state_dir: str | None = None,
               for name, spec in dict(data_config.splits).items()}
   _check_not_empty(data_config, splits)
   if hasattr(module, "fit"):
-    if "train" not in splits:
-      raise UserError(f"config.data: source {data_config.source!r} fits its "
-                      "vocabularies on a split named 'train'; name one 'train'")
-    state = _load_or_fit(module, data_config, splits["train"], state_dir,
+    state = _load_or_fit(module, data_config, splits.get("train"), state_dir,
                          write_state)
     if state is not None:
       splits = _encode(splits, state)
@@ -305,6 +302,9 @@ def _load_or_fit(module, data_config: Any, train: Any, state_dir: str | None,
                       f"config.data.source={data_config.source!r}; use a new "
                       "workdir")
     return state
+  if train is None:  # A saved state encodes any split; fitting needs the train one.
+    raise UserError(f"config.data: source {data_config.source!r} fits its "
+                    "vocabularies on a split named 'train'; name one 'train'")
   state = module.fit(data_config, train)
   if path and write_state and state is not None:
     # Written whole, then renamed: other processes never read half a file.

@@ -78,11 +78,15 @@ def _option(data_config: Any, key: str) -> Any:
 def _text_columns(data_config: Any) -> list[str]:
   """Columns read as text and never features: the cross-validation group column
   (a patient id, say: folds keep each group together, ctjax/data/splits.py) and
-  the columns evaluation slices read (ctjax/data/slicing.py)."""
+  the columns evaluation slices read (ctjax/data/slicing.py), unless named as
+  numeric or categorical features."""
   group = (data_config.get("cross_validation") or {}).get("group_column")
-  label = _option(data_config, "label_column")
+  # A column declared a feature stays one (and is sliced by its parsed values).
+  features = {_option(data_config, "label_column"),
+              *_option(data_config, "numeric_columns"),
+              *_option(data_config, "categorical_columns")}
   return [c for c in dict.fromkeys(([group] if group else []) +
-                                   slicing.columns(data_config)) if c != label]
+                                   slicing.columns(data_config)) if c not in features]
 
 
 class _Locations:
