@@ -18,9 +18,15 @@ diagnosis). Point `csv=` at a table of your own with a `diagnosis` column and
 numeric features, and it trains on that.
 
 Measured with the command above (1 CPU device of a 2-core machine, jax 0.10.2,
-600 steps, 9.6 s including start-up; 8 fake devices give the same figures):
-  validation/accuracy 0.977 (84/86), validation/loss 0.061
-  test/accuracy       0.953 (82/86), test/loss 0.170, test/balanced_accuracy 0.938
+600 steps; 23 s including start-up, the evaluations with 1000 bootstrap
+resamples, the plots and WORKDIR/report.html; 8 fake devices give the same figures):
+  validation/accuracy 0.977 (84/86), validation/loss 0.061, roc_auc 0.999
+  test/accuracy       0.953 (82/86; 95% bootstrap interval 0.898 to 0.989),
+  test/loss 0.170, test/balanced_accuracy 0.938, test/roc_auc 0.980 (binned in 4096
+  bins: exact to 0), test/expected_calibration_error 0.020
+  per diagnosis (test): benign 54/54 right, malignant 28/32 (0.875, interval 0.739
+  to 0.973): the errors are all missed malignancies, which the report's review
+  queue lists.
 scikit-learn's LogisticRegression fitted on the same (standardised) training split
 scores 0.953 on the same test split.
 """
@@ -67,6 +73,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.optim = dict(name="adamw", lr=1e-3, weight_decay=1e-4,
                  schedule=dict(name="warmup_cosine", warmup="20 steps"))
   c.log_every = 50
-  c.eval_every = 100
+  # The task's metrics on validation every 100 steps, and at the end on validation
+  # and test with ROC-AUC, calibration and bootstrap intervals, overall and per
+  # diagnosis (the recall of each class, with its interval).
+  c.data.slices = {"diagnosis": "label"}
+  c.evaluators = (dict(type="metrics", splits=("validation",), every=100,
+                       final_splits=("validation", "test"), auc_bins=4096,
+                       calibration_bins=10, brier=True, resamples=1000),)
   c.checkpoint = dict(every=100, keep=2, best_metric="validation/accuracy")
   return c

@@ -32,7 +32,8 @@ one line and exit status 2 before any fold starts. DIR then holds:
 "Finished" is more than exit status 0: a run stopped by SIGTERM saves a
 checkpoint and exits 0. A fold has finished when its metrics.jsonl holds the final
 evaluation: a record at the last step (config.train_duration resolved against
-the fold's training split) with metrics of every config.final_eval_splits.
+the fold's training split) with metrics of every split the task's metrics
+evaluator evaluates at the end (config.final_eval_splits by default).
 
 A failed fold is reported with the end of its log once the others are done, and
 the command exits with status 1. SIGINT or SIGTERM stops the folds that are
@@ -62,6 +63,8 @@ import numpy as np
 
 from ctjax import config as config_lib
 from ctjax import durations
+from ctjax import evaluators as evaluators_lib
+from ctjax.evaluators import metrics as metrics_evaluator
 from ctjax.data import splits as splits_lib
 from ctjax.errors import UserError
 
@@ -288,11 +291,11 @@ def final_metrics(run_dir: str) -> dict[str, float] | None:
   """A finished run's final evaluation from its metrics.jsonl; None if unfinished.
 
   The metrics (all but train/*) of the records at the last step, later records
-  winning; None unless every config.final_eval_splits has metrics there.
+  winning; None unless every final split (see the module) has metrics there.
   """
   try:
     with open(os.path.join(run_dir, "config.json")) as f:
-      config = json.load(f)
+      config = config_lib.from_json(f.read())
     with open(os.path.join(run_dir, "splits.json")) as f:
       train_examples = json.load(f)["sizes"]["train"]
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -309,7 +312,10 @@ def final_metrics(run_dir: str) -> dict[str, float] | None:
                       if "/" in k and not k.startswith("train/")
                       and isinstance(v, (int, float)) and not isinstance(v, bool)})
   splits = {k.split("/")[0] for k in metrics}
-  return metrics if set(config["final_eval_splits"]) <= splits else None
+  wanted = {split for e in evaluators_lib.configured(config)
+            if e.get("type") == "metrics" and "name" not in e
+            for split in metrics_evaluator.final_splits(e)}
+  return metrics if wanted <= splits else None
 
 
 def summarize(results: dict[int, dict[str, float]], title: str) -> tuple[str, str]:

@@ -471,3 +471,55 @@ def test_op_arguments_may_be_plain_arithmetic():
   for spec in ("scale(1/0)", "scale(open('x'))"):
     with pytest.raises(UserError, match="cannot parse"):
       ops.parse(spec)
+
+
+# --- Label types: numbers (regression) and label sets (multi-label). ----------------
+
+
+def test_csv_number_labels_are_standardised_by_the_training_split(tmp_path):
+  header = ["x", "price"]
+  train = _write_csv(tmp_path / "train.csv", header, [["1", "100"], ["2", "300"]])
+  val = _write_csv(tmp_path / "val.csv", header, [["3", "250"]])
+  splits = _open(tmp_path, source="csv", splits={"train": train, "validation": val},
+                 label_column="price", label_type="number")
+  # Training mean 200, standard deviation 100.
+  np.testing.assert_allclose(_all(splits["validation"])["label"], [0.5])
+  assert splits["validation"].label_mean == 200 and splits["train"].label_std == 100
+  bad = _write_csv(tmp_path / "bad.csv", header, [["1", "100"], ["2", "cheap"]])
+  with pytest.raises(UserError, match=r"bad.csv:3: the label \(column 'price'\): "
+                                      r"'cheap' is not a finite number"):
+    _open(source="csv", splits={"train": bad}, label_column="price",
+          label_type="number")
+
+
+def test_csv_and_jsonl_label_sets_become_vectors_over_the_training_names(tmp_path):
+  header = ["x", "tags"]
+  train = _write_csv(tmp_path / "train.csv", header,
+                     [["1", "urgent|billing"], ["2", ""], ["3", "billing"]])
+  val = _write_csv(tmp_path / "val.csv", header, [["4", "urgent"]])
+  splits = _open(tmp_path / "csv", source="csv",
+                 splits={"train": train, "validation": val},
+                 label_column="tags", label_type="multilabel")
+  # Names sorted: billing, urgent; an empty field is the empty set.
+  assert splits["train"].label_names == ["billing", "urgent"]
+  np.testing.assert_array_equal(_all(splits["train"])["label"],
+                                [[1, 1], [0, 0], [1, 0]])
+  np.testing.assert_array_equal(_all(splits["validation"])["label"], [[0, 1]])
+  records = [{"text": "refund please", "label": ["billing"]},
+             {"text": "site down!!", "label": ["urgent", "outage"]},
+             {"text": "hello", "label": []}]
+  path = _write_jsonl(tmp_path / "t.jsonl", records)
+  unseen = _write_jsonl(tmp_path / "u.jsonl", [{"text": "?", "label": ["legal"]}])
+  data = dict(source="jsonl", label_type="multilabel", tokenizer="bytes", seq_len=8)
+  splits = _open(tmp_path / "jsonl", splits={"train": path}, **data)
+  assert splits["train"].label_names == ["billing", "outage", "urgent"]
+  np.testing.assert_array_equal(_all(splits["train"])["label"],
+                                [[1, 0, 0], [0, 1, 1], [0, 0, 0]])
+  # A name the training split never had is a bad record, named by file and line.
+  with pytest.raises(UserError, match=r"u.jsonl:1: a label name is not one of the "
+                                      "training split's labels"):
+    _open(tmp_path / "jsonl", splits={"train": path, "test": unseen}, **data)
+  bad = _write_jsonl(tmp_path / "b.jsonl", [{"text": "x", "label": "billing"}])
+  with pytest.raises(UserError, match=r"b.jsonl:1: no label under 'label'.*a list "
+                                      "of names"):
+    _open(splits={"train": bad}, **data)

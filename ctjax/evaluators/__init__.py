@@ -167,14 +167,16 @@ def make_evaluators(evaluator_configs: Sequence[Any], *, model: nn.Module,
 
 def configured(config: Any) -> list[dict[str, Any]]:
   """`config.evaluators`, with a `metrics` evaluator from the older keys
-  (eval_splits every eval_every, final_eval_splits at the end) when it lists none."""
+  (eval_splits every eval_every, final_eval_splits at the end) when it lists none.
+  That one draws no bootstrap intervals (resamples=0), which cost a compilation
+  and seconds per run: list a `metrics` evaluator to have them."""
   listed = [e.to_dict() if hasattr(e, "to_dict") else e for e in config.evaluators]
   if any(isinstance(e, Mapping) and e.get("type") == "metrics" for e in listed):
     return listed
   default = {"type": "metrics", "every": config.eval_every,
              "splits": tuple(config.eval_splits),
              "final_splits": tuple(config.final_eval_splits),
-             "bits_per_byte": bool(config.bits_per_byte)}
+             "bits_per_byte": bool(config.bits_per_byte), "resamples": 0}
   return [default] + listed
 
 

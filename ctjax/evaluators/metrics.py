@@ -14,7 +14,8 @@ turned into metrics once at the end. Metrics are named `SPLIT/METRIC`
 
 A run whose config lists no `metrics` evaluator gets one from the older keys:
 splits=config.eval_splits every config.eval_every, final_splits=
-config.final_eval_splits, bits_per_byte=config.bits_per_byte.
+config.final_eval_splits, bits_per_byte=config.bits_per_byte, and resamples=0 (no
+intervals, which cost a compilation and seconds per run).
 
 Options (see ctjax/tasks/ for which task takes which statistic, and their cost):
 
@@ -58,6 +59,10 @@ from ctjax.data import pipeline
 from ctjax.evaluators import common
 
 
+# Bytes of bootstrapped confusion matrices per slice group (see _slice_options).
+CONFUSION_BUDGET = 16 * 2**20
+
+
 def split_stats(step: Callable, params: Any, loader: pipeline.BatchLoader,
                 mesh: jax.sharding.Mesh, *, batch_size: int,
                 on_batch: Callable[[], None] = lambda: None,
@@ -74,25 +79,33 @@ def split_stats(step: Callable, params: Any, loader: pipeline.BatchLoader,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
     batch = sharding.global_batch(local, mesh)
-    # One eval step at a time: successive steps do not depend on each other, so
-    # XLA on CPU may run two at once, and with several processes their gloo
-    # collectives then pair up in a different order on each process: a deadlock.
-    # The batch above is already copied while the previous step runs.
-    if stats is not None:
-      jax.block_until_ready(stats)
-    result = step(params, batch)
+    # One eval step at a time (fetched before the next): successive steps do not
+    # depend on each other, so XLA on CPU may run two at once, and with several
+    # processes their gloo collectives then pair up in a different order on each
+    # process: a deadlock.
+    # Each batch's sums are fetched and added on the host, in their own dtypes:
+    # the same additions as on the device, without compiling an addition for
+    # every shape of statistic.
+    result = jax.device_get(step(params, batch))
     on_batch()
     if on_outputs is not None:
       result, outputs = result
-      on_outputs(jax.device_get(outputs))
-    stats = result if stats is None else jax.tree.map(jnp.add, stats, result)
-  return jax.device_get(stats)
+      on_outputs(outputs)
+    stats = result if stats is None else jax.tree.map(np.add, stats, result)
+  return stats
+
+
+def final_splits(evaluator_config: dict[str, Any]) -> tuple[str, ...]:
+  """The splits a `metrics` evaluator's config evaluates at the end."""
+  splits = evaluator_config.get("splits", Evaluator.DEFAULT_SPLITS)
+  return tuple(evaluator_config.get("final_splits") or splits)
 
 
 class Evaluator:
   """Options: see the module's docstring."""
+  DEFAULT_SPLITS = ("validation",)
 
-  def __init__(self, context: Any, *, splits: Sequence[str] = ("validation",),
+  def __init__(self, context: Any, *, splits: Sequence[str] = DEFAULT_SPLITS,
                final_splits: Sequence[str] | None = None,
                top_k: Sequence[int] = (), brier: bool = False,
                calibration_bins: int = 0, auc_bins: int = 0,
@@ -116,8 +129,8 @@ class Evaluator:
                    f"the {context.task} task has no such statistic; remove it")
     common.check(all(isinstance(k, int) and k > 0 for k in requested["top_k"]),
                  f"{key}.top_k={top_k!r}", "give positive integers")
-    for option in ("calibration_bins", "auc_bins", "resamples"):
-      value = locals()[option] if option != "resamples" else resamples
+    for option, value in (("calibration_bins", calibration_bins),
+                          ("auc_bins", auc_bins), ("resamples", resamples)):
       common.check(isinstance(value, int) and value >= 0, f"{key}.{option}={value!r}",
                    "give a non-negative integer (0: off)")
     self._stats_options = {k: v for k, v in requested.items() if v}
@@ -129,12 +142,16 @@ class Evaluator:
         np.zeros(1, np.int64), None)
     per_token = context.task == "classification" and np.ndim(sample["label"]) > 1
     self.predictions = predictions and not per_token
+    # Resampling a language model's tokens by document is not offered: its
+    # intervals would cost a copy of every token's weight per resample.
+    self.resamples = 0 if per_token else resamples
     if context.task == "classification" and not per_token:
       # The confusion matrix: precision, recall and F1 per class and averaged.
       self._stats_options["num_classes"] = context.model.num_classes
-    self.resamples, self.slice_seed = resamples, slice_seed
-    train = context.loaders.get("train")
-    source = train.source if train is not None else None
+    self.slice_seed = slice_seed
+    # Label names and scales are the data's, the same in every (encoded) split;
+    # `ctjax eval` of a new file has no training split.
+    source = context.loaders.get("train", next(iter(context.loaders.values()))).source
     self.class_names = getattr(source, "label_names", None)
     self.slices = slices
     # Regression targets standardised by the data layer: metrics and predictions
@@ -159,12 +176,13 @@ class Evaluator:
 
   def _step(self, final: bool, split: str) -> Callable:
     """The jitted evaluation step; at the end it also returns per-example
-    outputs and per-slice statistics (whose group counts differ by split)."""
-    key = (final, split if final else None)
+    outputs and per-slice statistics, whose group counts may differ by split:
+    splits with the same counts share one program (one compilation)."""
+    slice_names = self._slice_names(split) if final else {}
+    key = (final, tuple((name, len(groups)) for name, groups in slice_names.items()))
     if key in self._steps:
       return self._steps[key]
     task, options = self.task, self._stats_options
-    slice_names = self._slice_names(split) if final else {}
     with_outputs = final and self.predictions
 
     def step(params, batch):
@@ -193,8 +211,14 @@ class Evaluator:
 
   def _slice_options(self) -> dict[str, Any]:
     """What each bootstrap replicate keeps: every statistic but the histograms,
-    whose bins times groups times resamples would not fit (ctjax/slices.py)."""
-    return {k: v for k, v in self._stats_options.items() if k != "auc_bins"}
+    whose bins times groups times resamples would not fit (ctjax/slices.py), and
+    the confusion matrix only while it is small: C² counts per replicate, up to
+    CONFUSION_BUDGET bytes per group (C <= 64 at 1000 resamples)."""
+    options = {k: v for k, v in self._stats_options.items() if k != "auc_bins"}
+    classes = options.get("num_classes", 0)
+    if 4 * classes ** 2 * (self.resamples + 1) > CONFUSION_BUDGET:
+      del options["num_classes"]
+    return options
 
   def _summarize(self, stats: dict) -> dict[str, float]:
     if self._context.task == "regression":
@@ -222,8 +246,7 @@ class Evaluator:
               stats).items()},
           "slices": {name: slices_lib.summarize_slices(
               s, self._summarize, self._slice_names(split)[name],
-              seed=self.slice_seed,
-              metrics=[m for m in self.task.HEADLINE if m in results])
+              seed=self.slice_seed, metrics=self._slice_metrics(s))
                      for name, s in slice_stats.items()},
       }
       _write_atomically(os.path.join(folder, "metrics.json"),
@@ -233,6 +256,11 @@ class Evaluator:
         self._write_predictions(os.path.join(folder, "predictions.jsonl"),
                                 context.loaders[split].source, rows)
     return {f"{split}/{k}": v for k, v in results.items()}
+
+  def _slice_metrics(self, slice_stats: dict) -> list[str]:
+    """The task's headline metrics that the bootstrapped statistics give."""
+    given = self._summarize({k: np.asarray(v)[0, 0] for k, v in slice_stats.items()})
+    return [m for m in self.task.HEADLINE if m in given]
 
   def _per_class(self, stats: dict) -> dict[str, np.ndarray]:
     if self._context.task == "regression":
