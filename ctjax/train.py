@@ -431,6 +431,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   def save(step, metrics=None, force=False):
     metric_sums.read(sums, first_step=tick_step)  # Never save a diverged state.
+    # Orbax ranks checkpoints by config.checkpoint.best_metric: a checkpoint
+    # whose step evaluated others only (a linear probe, say) is not ranked.
+    best = config.checkpoint.best_metric
+    if best and metrics and best not in metrics:
+      if force:  # The end of training: the metric was never evaluated.
+        info(f"config.checkpoint.best_metric={best!r} is not among the final "
+             f"metrics ({', '.join(sorted(metrics))}); no checkpoint is ranked")
+      metrics = None
     checkpoint.save(manager, state, {"step": step, "seed": config.seed,
                                      "examples_seen": step * config.batch_size},
                     metrics=metrics, force=force)

@@ -135,9 +135,16 @@ def test_slices_on_breast_cancer_match_sklearn_per_group(tmp_path):
       model=dict(name="mlp", num_classes=2, hidden_sizes=(16,)),
       batch_size=32, train_duration=150, log_every=50, eval_every=0,
       evaluators=[dict(type="metrics", final_splits=["test"], auc_bins=256,
-                       calibration_bins=10, resamples=300, slice_seed=7)],
-      checkpoint=dict(every=0)))
+                       calibration_bins=10, resamples=300, slice_seed=7),
+                  # Another evaluator at checkpoints that the metrics one skips:
+                  # those checkpoints go unranked by the best metric.
+                  dict(type="linear_probe", every=50, l2_regs=[1.0])],
+      checkpoint=dict(every=50, keep=1, best_metric="test/accuracy")))
   run_util.train(config, tmp_path / "run", devices=8)
+  records = run_util.metrics(tmp_path / "run")
+  assert [r["step"] for r in records if "linear_probe/accuracy" in r] == [50, 100, 150]
+  # Kept: the last (150, also the only one ranked: the best).
+  assert run_util.checkpoint_steps(tmp_path / "run") == [150]
   summary, predictions = _eval_files(tmp_path / "run")
   rows = list(csv.DictReader(open(tmp_path / "bc.csv")))
   line_of = lambda p: int(p["id"].rsplit(":", 1)[1]) - 2  # header is line 1
@@ -251,3 +258,66 @@ def test_slices_by_class_on_digits_are_per_class_recall(tmp_path):
     assert group["metrics"]["accuracy"]["value"] == pytest.approx(recall[digit])
     # About 18 examples a digit: too few to say much, and the report says so.
     assert "fewer than 30" in group["warning"]
+
+
+def _eval_processes(workdir, num_processes, devices_per_process):
+  """`ctjax eval --split test` as one run of `num_processes` processes; the
+  metrics.json it writes."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import multiprocess_util  # pylint: disable=g-import-not-at-top
+  address = f"127.0.0.1:{multiprocess_util.free_port()}"
+  coordinator = ({} if num_processes == 1 else
+                 {"JAX_COORDINATOR_ADDRESS": address,
+                  "JAX_NUM_PROCESSES": str(num_processes)})
+  processes = [subprocess.Popen(
+      [sys.executable, "-m", "ctjax", "eval", "--workdir", str(workdir),
+       "--split", "test"], cwd=run_util.REPO,
+      env=run_util.env(devices_per_process, **coordinator,
+                       **({"JAX_PROCESS_ID": str(i)} if coordinator else {})),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(num_processes)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=run_util.TIMEOUT_S)
+    assert process.returncode == 0, stderr
+  [step] = [p.name for p in (workdir / "eval").iterdir() if p.name != "final"]
+  return json.loads((workdir / "eval" / step / "test" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("task", ["multilabel", "regression"])
+def test_two_processes_evaluate_a_checkpoint_as_one_does(tmp_path, task):
+  """The same checkpoint evaluated by 1 process of 8 devices and by 2 of 4: every
+  example's outputs are computed alike; only the sums cross processes (gloo)."""
+  if task == "multilabel":
+    _tickets(tmp_path / "tickets.csv", np.random.default_rng(3), 200)
+    data = dict(source="csv", path=str(tmp_path / "tickets.csv"),
+                label_column="tags", label_type="multilabel",
+                numeric_columns=("x0", "x1", "x2"))
+    evaluator = dict(top_k=[2], auc_bins=256)
+  else:
+    data = dict(source="sklearn_datasets", name="diabetes")
+    evaluator = {}
+  config = run_util.write_config(tmp_path, dict(
+      task=task, seed=0,
+      data=dict(**data, split_fractions={"train": 0.6, "validation": 0.2,
+                                         "test": 0.2}, num_threads=1, prefetch=0),
+      model=dict(name="mlp", num_classes=3 if task == "multilabel" else 1,
+                 hidden_sizes=(8,)),
+      batch_size=16, eval_batch_size=24, train_duration=20, log_every=20,
+      evaluators=[dict(type="metrics", splits=["test"], resamples=0, **evaluator)],
+      checkpoint=dict(every=0)))
+  workdir = tmp_path / "run"
+  run_util.train(config, workdir, devices=8)
+  one = _eval_processes(workdir, 1, 8)["metrics"]
+  two = _eval_processes(workdir, 2, 4)["metrics"]
+  assert one.keys() == two.keys()
+  # Float sums over the split (at most 89 examples, each through 3 labels or one
+  # target) in another order; counts and what follows from them exactly.
+  rtol = tolerances.sum_rtol(89 * 3)
+  floats = ("loss", "mse", "rmse", "mae", "r2", "label_ranking_average_precision",
+            "recall_at2")
+  for key, value in one.items():
+    if key in floats:
+      assert two[key] == pytest.approx(value, rel=rtol), key
+    else:
+      assert two[key] == value, key
