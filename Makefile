@@ -10,7 +10,8 @@ WORKDIR ?= runs/default
 # XLA's CPU code limited to narrower vector units, as other CPUs compute.
 NUMERIC_TESTS := tests/test_train.py tests/test_sharding.py tests/test_multiprocess.py \
 	tests/test_checkpoint.py tests/test_resume.py tests/test_models.py tests/test_optim.py \
-	tests/test_metrics.py tests/test_data_pipeline.py tests/test_hf.py
+	tests/test_metrics.py tests/test_data_pipeline.py tests/test_hf.py tests/test_tasks.py \
+	tests/test_slices.py tests/test_evaluation.py
 
 .PHONY: train test test-isa bench clean
 
