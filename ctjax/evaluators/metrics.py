@@ -22,7 +22,9 @@ Options (see ctjax/tasks/ for which task takes which statistic, and their cost):
   splits          evaluated every `every`
   final_splits    evaluated at the end (default: `splits`)
   top_k, brier, calibration_bins, auc_bins   more statistics (classification;
-                  multilabel takes top_k and auc_bins); 0 / () / False: off
+                  multilabel takes top_k and auc_bins); 0 / () / False: off.
+                  Unset, auc_bins is 4096 and calibration_bins 15 for models of
+                  at most 32 classes (labels), else 0
   bits_per_byte   also report the loss in bits (byte-level language models)
   predictions     at the end, write every example's prediction (below)
   slices, resamples, slice_seed   at the end, the metrics with bootstrap
@@ -61,6 +63,11 @@ from ctjax.evaluators import common
 
 # Bytes of bootstrapped confusion matrices per slice group (see _slice_options).
 CONFUSION_BUDGET = 16 * 2**20
+# auc_bins and calibration_bins left unset: these, up to this many classes, whose
+# histograms take 8·C·4096 bytes (1 MiB at 32 classes).
+AUTOMATIC_MAX_CLASSES = 32
+AUTOMATIC_AUC_BINS = 4096
+AUTOMATIC_CALIBRATION_BINS = 15
 
 
 def split_stats(step: Callable, params: Any, loader: pipeline.BatchLoader,
@@ -108,7 +115,7 @@ class Evaluator:
   def __init__(self, context: Any, *, splits: Sequence[str] = DEFAULT_SPLITS,
                final_splits: Sequence[str] | None = None,
                top_k: Sequence[int] = (), brier: bool = False,
-               calibration_bins: int = 0, auc_bins: int = 0,
+               calibration_bins: int | None = None, auc_bins: int | None = None,
                bits_per_byte: bool = False, predictions: bool = True,
                slices: bool = True, resamples: int = 1000, slice_seed: int = 0):
     key = context.key
@@ -121,9 +128,22 @@ class Evaluator:
         common.check(name in context.loaders, f"{key}.{option}={names!r}",
                      f"no split {name!r}; the data config defines "
                      f"{', '.join(context.loaders)}")
+    # Predictions are per example; a language model's would be per token.
+    sample = context.loaders[(self.splits + self.final_splits + ("train",))[0]].load(
+        np.zeros(1, np.int64), None)
+    per_token = context.task == "classification" and np.ndim(sample["label"]) > 1
+    accepted = inspect.signature(self.task.stats).parameters
+    # Unset (None): ROC/PR curves and calibration for every model with few
+    # enough classes that their histograms are small (AUTOMATIC_MAX_CLASSES).
+    automatic = not per_token and 0 < getattr(
+        context.model, "num_classes", 0) <= AUTOMATIC_MAX_CLASSES
+    if auc_bins is None:
+      auc_bins = AUTOMATIC_AUC_BINS if automatic and "auc_bins" in accepted else 0
+    if calibration_bins is None:
+      calibration_bins = (AUTOMATIC_CALIBRATION_BINS if automatic and
+                          "calibration_bins" in accepted else 0)
     requested = {"top_k": tuple(top_k), "brier": brier,
                  "calibration_bins": calibration_bins, "auc_bins": auc_bins}
-    accepted = inspect.signature(self.task.stats).parameters
     for option, value in requested.items():
       common.check(not value or option in accepted, f"{key}.{option}={value!r}",
                    f"the {context.task} task has no such statistic; remove it")
@@ -137,10 +157,6 @@ class Evaluator:
     self._summary_options = ({"bits_per_byte": True} if bits_per_byte else {})
     common.check(not bits_per_byte or context.task == "classification",
                  f"{key}.bits_per_byte", "is for byte-level language models")
-    # Predictions are per example; a language model's would be per token.
-    sample = context.loaders[(self.splits + self.final_splits + ("train",))[0]].load(
-        np.zeros(1, np.int64), None)
-    per_token = context.task == "classification" and np.ndim(sample["label"]) > 1
     self.predictions = predictions and not per_token
     # Resampling a language model's tokens by document is not offered: its
     # intervals would cost a copy of every token's weight per resample.
