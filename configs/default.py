@@ -16,6 +16,7 @@ Measured (2026-11-27, 2-core AMD EPYC VM, jax 0.10.2, the command above):
 """
 from ml_collections import ConfigDict
 
+from ctjax import sweeps
 from ctjax.config import parse_arg
 
 
@@ -38,3 +39,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
   c.eval_every = 200
   c.checkpoint = dict(every=200, keep=2, best_metric="validation/accuracy")
   return c
+
+
+def get_sweeps(arg: str | None = None) -> dict[str, list[dict]]:
+  """Named sweeps of this config: lists of overrides (see ctjax/sweeps.py)."""
+  del arg  # The same sweeps for every size.
+  lr = sweeps.values("optim.lr", [1e-3, 3e-3, 1e-2])
+  return {
+      "lr": lr,
+      "lr_seed": sweeps.product(lr, sweeps.values("seed", [0, 1])),
+      "width": sweeps.zip(sweeps.values("model.widths", [(16, 32), (32, 64)]),
+                          sweeps.values("optim.lr", [3e-3, 3e-3])),
+  }

@@ -286,23 +286,34 @@ def run_experiment_file(path: str, arg: str | None) -> ConfigDict:
   argument) become one UserError naming the file and line and what to do; the
   original exception is kept as its cause, for `--verbose`.
   """
-  try:
-    module_spec = importlib.util.spec_from_file_location("ctjax_experiment", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-      raise UserError(f"--config {path}: defines no get_config(arg); add "
-                      "`def get_config(arg=None):` returning a ConfigDict")
-    experiment = get_config(*_get_config_args(get_config, arg, path))
-  except UserError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(_describe_experiment_error(path, e)) from e
+  experiment = run_experiment_function(path, "get_config", arg,
+                                       returning="a ConfigDict")
   if not isinstance(experiment, (ConfigDict, dict)):
     raise UserError(f"{path}: get_config returned {type(experiment).__name__}; "
                     "return a ConfigDict (or a dict)")
   return ConfigDict(experiment) if isinstance(experiment, dict) else experiment
+
+
+def run_experiment_function(path: str, name: str, arg: str | None, *,
+                            returning: str) -> Any:
+  """Runs function `name(arg)` of an experiment file (get_config, get_sweeps).
+
+  Mistakes in the file become one UserError naming the file and line, as in
+  `run_experiment_file`; `returning` says what the function should return.
+  """
+  try:
+    module_spec = importlib.util.spec_from_file_location("ctjax_experiment", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    function = getattr(module, name, None)
+    if not callable(function):
+      raise UserError(f"--config {path}: defines no {name}(arg); add "
+                      f"`def {name}(arg=None):` returning {returning}")
+    return function(*_get_config_args(function, arg, path))
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(_describe_experiment_error(path, e)) from e
 
 
 def _get_config_args(get_config: Any, arg: str | None, path: str) -> tuple[Any, ...]:
@@ -315,8 +326,8 @@ def _get_config_args(get_config: Any, arg: str | None, path: str) -> tuple[Any, 
     except TypeError:
       pass
   given = f"the argument {arg!r} (from --config {path}:{arg})" if arg else "no argument"
-  raise UserError(f"{path}: get_config{signature} cannot be called with {given}; "
-                  "define it as `def get_config(arg=None):`")
+  raise UserError(f"{path}: {get_config.__name__}{signature} cannot be called with "
+                  f"{given}; define it as `def {get_config.__name__}(arg=None):`")
 
 
 def _describe_experiment_error(path: str, error: Exception) -> str:
