@@ -64,8 +64,9 @@ import numpy as np
 from ctjax import config as config_lib
 from ctjax import durations
 from ctjax import evaluators as evaluators_lib
-from ctjax.evaluators import metrics as metrics_evaluator
+from ctjax import writers
 from ctjax.data import splits as splits_lib
+from ctjax.evaluators import metrics as metrics_evaluator
 from ctjax.errors import UserError
 
 SETTINGS_FILE = "cv.json"
@@ -140,7 +141,7 @@ def cross_validate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 1
   markdown, table = summarize(results, _title(args, options))
   for name, text in (("cv.md", markdown), ("cv.csv", table)):
-    _write_atomically(os.path.join(args.workdir, name), text)
+    writers.write_atomically(os.path.join(args.workdir, name), text)
   print(markdown, flush=True)
   return 0
 
@@ -184,7 +185,7 @@ def _claim(workdir: str, settings: dict[str, Any]) -> None:
                       "or use another --workdir")
     return
   os.makedirs(workdir, exist_ok=True)
-  _write_atomically(path, json.dumps(settings, indent=1))
+  writers.write_atomically(path, json.dumps(settings, indent=1))
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -282,7 +283,7 @@ def _finish_fold(workdir: str, fold: int, status: int) -> dict[str, float] | str
   if metrics is None:
     return ("exited before its final evaluation (stopped by SIGTERM?); rerun to "
             "resume it")
-  _write_atomically(os.path.join(_fold_dir(workdir, fold), RESULT_FILE),
+  writers.write_atomically(os.path.join(_fold_dir(workdir, fold), RESULT_FILE),
                     json.dumps({"fold": fold, "metrics": metrics}, indent=1))
   return metrics
 
@@ -298,10 +299,9 @@ def final_metrics(run_dir: str) -> dict[str, float] | None:
       config = config_lib.from_json(f.read())
     with open(os.path.join(run_dir, "splits.json")) as f:
       train_examples = json.load(f)["sizes"]["train"]
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-      records = [json.loads(line) for line in f if line.strip()]
   except FileNotFoundError:
     return None
+  records = writers.read_metrics(run_dir)
   last_step = durations.to_steps(config["train_duration"], key="train_duration",
                                  global_batch_size=config["batch_size"],
                                  train_examples=train_examples)
@@ -364,10 +364,3 @@ def _title(args: argparse.Namespace, options: dict[str, Any]) -> str:
 def _tail(path: str, lines: int = TAIL_LINES) -> str:
   with open(path, errors="replace") as f:
     return "\n".join("  " + line for line in f.read().splitlines()[-lines:])
-
-
-def _write_atomically(path: str, text: str) -> None:
-  """Written whole, then renamed: a crash leaves the old file or the new, never half."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from ctjax import metrics as metrics_lib
+from ctjax import writers
 from ctjax.errors import UserError
 
 # The metrics plotted against the step, besides the loss, in this order of
@@ -73,7 +74,7 @@ def write_plots(workdir: str, eval_dir: str | None,
     figure.savefig(path, dpi=_DPI)
     written.append(path)
 
-  save(training_curves(read_metrics_log(os.path.join(workdir, "metrics.jsonl"))),
+  save(training_curves(writers.read_metrics(workdir)),
        "training_curves", "metrics.jsonl has no loss or metric to plot")
   if eval_dir is None:
     return written
@@ -116,23 +117,6 @@ def write_plots(workdir: str, eval_dir: str | None,
 
 
 # Reading the files.
-
-
-def read_metrics_log(path: str) -> list[dict]:
-  """The records of a metrics.jsonl; [] when there is none yet.
-
-  A line cut short by a crash is skipped: the plots show what was logged.
-  """
-  if not os.path.exists(path):
-    return []
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except ValueError:
-        continue
-  return records
 
 
 def read_evaluation(eval_dir: str) -> dict:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ctjax import plots
 from ctjax import review
+from ctjax import writers
 
 # The metric names of the final table, in this order; others follow by name.
 _FIRST_METRICS = ("accuracy", "subset_accuracy", "loss", "roc_auc", "roc_auc_ovr",
@@ -95,9 +96,8 @@ def write_report(workdir: str, eval_dir: str,
                           f"review_{run}_{tag}_{info.get('split', '')}") + ".csv"))
   path = os.path.join(workdir, "report.html")
   # Written whole, then renamed: a browser never opens half a page.
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  with writers.atomic_file(path) as f:
     f.write(page)
-  os.replace(path + ".tmp", path)
   return path
 
 

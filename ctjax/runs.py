@@ -23,6 +23,7 @@ from ctjax import config as config_lib
 from ctjax import models
 from ctjax import peft
 from ctjax import sharding
+from ctjax import writers
 from ctjax.errors import UserError
 
 MODEL_INPUTS_FILE = "model_inputs.json"
@@ -81,15 +82,10 @@ def choose_step(workdir: str, manager: ocp.CheckpointManager,
   if not metric:
     raise UserError("--checkpoint best needs the run's config.checkpoint.best_metric "
                     "(say 'validation/accuracy'); use --checkpoint latest")
-  scored = {}
-  path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      for line in f:
-        record = json.loads(line) if line.strip() else {}
-        if record.get("step") in steps and metric in record:
-          scored[record["step"]] = record[metric]
+  scored = {record["step"]: record[metric] for record in writers.read_metrics(workdir)
+            if record.get("step") in steps and metric in record}
   if not scored:
+    path = os.path.join(workdir, "metrics.jsonl")
     raise UserError(f"{path}: no record of {metric!r} (config.checkpoint."
                     f"best_metric) at a step with a checkpoint "
                     f"({', '.join(map(str, sorted(steps)))}); use --checkpoint latest")

@@ -5,11 +5,12 @@ read: one JSON object per logged step, {"step": N, "train/loss": ..., ...}.
 TensorBoard event files (WORKDIR/tensorboard) need TensorFlow; without it the run
 says so once and carries on with jsonl and stdout.
 """
+import contextlib
 import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, IO, Iterator
 
 import jax
 
@@ -80,9 +81,39 @@ def _drop_records_after(path: str, step: int) -> None:
     lines = f.readlines()
   kept = [l for l in lines if l.strip() and json.loads(l)["step"] <= step]
   if len(kept) != len(lines):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
       f.writelines(kept)
-    os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, **open_args: Any) -> Iterator[IO[str]]:
+  """A text file written whole, then renamed into place: a reader (another
+  process, a browser) or a crash never finds half of it."""
+  with open(path + ".tmp", "w", encoding="utf-8", **open_args) as f:
+    yield f
+  os.replace(path + ".tmp", path)
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` whole (see `atomic_file`)."""
+  with atomic_file(path) as f:
+    f.write(text)
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of WORKDIR/metrics.jsonl; [] when there is none yet. A line cut
+  short by a crash (the last one) is skipped."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records
 
 
 def info(message: Any = "") -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ctjax import by_name
+from ctjax import writers
 from ctjax.data import records
 from ctjax.data import slicing
 from ctjax.errors import UserError
@@ -309,9 +310,8 @@ def _load_or_fit(module, data_config: Any, train: Any, state_dir: str | None,
   if path and write_state and state is not None:
     # Written whole, then renamed: other processes never read half a file.
     os.makedirs(state_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
+    with writers.atomic_file(path) as f:
       json.dump({"source": data_config.source, "state": state}, f, indent=1)
-    os.replace(path + ".tmp", path)
   return state
 
 

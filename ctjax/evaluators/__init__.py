@@ -170,7 +170,9 @@ def configured(config: Any) -> list[dict[str, Any]]:
   (eval_splits every eval_every, final_eval_splits at the end) when it lists none.
   That one draws no bootstrap intervals (resamples=0), which cost a compilation
   and seconds per run: list a `metrics` evaluator to have them."""
-  listed = [e.to_dict() if hasattr(e, "to_dict") else e for e in config.evaluators]
+  # Copies: callers adjust them (`ctjax eval` sets the splits).
+  listed = [e.to_dict() if hasattr(e, "to_dict") else
+            dict(e) if isinstance(e, Mapping) else e for e in config.evaluators]
   if any(isinstance(e, Mapping) and e.get("type") == "metrics" for e in listed):
     return listed
   default = {"type": "metrics", "every": config.eval_every,

@@ -27,6 +27,7 @@ Options (see ctjax/tasks/ for which task takes which statistic, and their cost):
                   at most 32 classes (labels), else 0
   bits_per_byte   also report the loss in bits (byte-level language models)
   predictions     at the end, write every example's prediction (below)
+  predictions_csv and predictions.csv too (`ctjax eval --predictions csv`)
   slices, resamples, slice_seed   at the end, the metrics with bootstrap
                   intervals (seeded, `resamples` of them; 0: none), overall (the
                   slice "all") and per group of the data's slices
@@ -41,7 +42,10 @@ At the end each final split also leaves, when the Context has an `output_dir`
   OUTPUT_DIR/SPLIT/predictions.jsonl one line per example: index, id (file:line or
                                       path where the data has one), label,
                                       prediction, scores, confidence
+  OUTPUT_DIR/SPLIT/predictions.csv   the same, a score column per class
+                                      (predictions_csv)
 """
+import csv
 import functools
 import inspect
 import json
@@ -57,6 +61,7 @@ from ctjax import report
 from ctjax import sharding
 from ctjax import slices as slices_lib
 from ctjax import tasks
+from ctjax import writers
 from ctjax.data import pipeline
 from ctjax.evaluators import common
 
@@ -86,13 +91,11 @@ def split_stats(step: Callable, params: Any, loader: pipeline.BatchLoader,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
     batch = sharding.global_batch(local, mesh)
-    # One eval step at a time (fetched before the next): successive steps do not
+    # One eval step at a time, fetched before the next: successive steps do not
     # depend on each other, so XLA on CPU may run two at once, and with several
     # processes their gloo collectives then pair up in a different order on each
-    # process: a deadlock.
-    # Each batch's sums are fetched and added on the host, in their own dtypes:
-    # the same additions as on the device, without compiling an addition for
-    # every shape of statistic.
+    # process: a deadlock. The sums are added on the host, in their own dtypes:
+    # the additions the device would do, without compiling one per statistic.
     result = jax.device_get(step(params, batch))
     on_batch()
     if on_outputs is not None:
@@ -117,7 +120,7 @@ class Evaluator:
                top_k: Sequence[int] = (), brier: bool = False,
                calibration_bins: int | None = None, auc_bins: int | None = None,
                bits_per_byte: bool = False, predictions: bool = True,
-               slices: bool = True, resamples: int = 1000, slice_seed: int = 0):
+               predictions_csv: bool = False, slices: bool = True, resamples: int = 1000, slice_seed: int = 0):
     key = context.key
     self._context = context
     self.task = tasks.get(context.task)
@@ -147,6 +150,12 @@ class Evaluator:
     for option, value in requested.items():
       common.check(not value or option in accepted, f"{key}.{option}={value!r}",
                    f"the {context.task} task has no such statistic; remove it")
+    # Label names and scales are the data's, the same in every (encoded) split;
+    # `ctjax eval` of a new file has no training split.
+    source = context.loaders.get("train", next(iter(context.loaders.values()))).source
+    self.class_names = getattr(source, "label_names", None)
+    self.label_mean = np.asarray(getattr(source, "label_mean", 0.0), np.float64)
+    self.label_std = np.asarray(getattr(source, "label_std", 1.0), np.float64)
     common.check(all(isinstance(k, int) and k > 0 for k in requested["top_k"]),
                  f"{key}.top_k={top_k!r}", "give positive integers")
     for option, value in (("calibration_bins", calibration_bins),
@@ -154,10 +163,16 @@ class Evaluator:
       common.check(isinstance(value, int) and value >= 0, f"{key}.{option}={value!r}",
                    "give a non-negative integer (0: off)")
     self._stats_options = {k: v for k, v in requested.items() if v}
-    self._summary_options = ({"bits_per_byte": True} if bits_per_byte else {})
+    # Regression targets standardised by the data layer: errors in the original
+    # units (per_class and summarize take the scale).
+    self._units = ({"label_std": self.label_std} if context.task == "regression"
+                   else {})
+    self._summary_options = {**self._units,
+                             **({"bits_per_byte": True} if bits_per_byte else {})}
     common.check(not bits_per_byte or context.task == "classification",
                  f"{key}.bits_per_byte", "is for byte-level language models")
     self.predictions = predictions and not per_token
+    self.predictions_csv = predictions_csv
     # Resampling a language model's tokens by document is not offered: its
     # intervals would cost a copy of every token's weight per resample.
     self.resamples = 0 if per_token else resamples
@@ -165,15 +180,7 @@ class Evaluator:
       # The confusion matrix: precision, recall and F1 per class and averaged.
       self._stats_options["num_classes"] = context.model.num_classes
     self.slice_seed = slice_seed
-    # Label names and scales are the data's, the same in every (encoded) split;
-    # `ctjax eval` of a new file has no training split.
-    source = context.loaders.get("train", next(iter(context.loaders.values()))).source
-    self.class_names = getattr(source, "label_names", None)
     self.slices = slices
-    # Regression targets standardised by the data layer: metrics and predictions
-    # in the original units.
-    self.label_mean = np.asarray(getattr(source, "label_mean", 0.0), np.float64)
-    self.label_std = np.asarray(getattr(source, "label_std", 1.0), np.float64)
     self._steps = {}
 
   def _outputs(self, params, inputs):
@@ -237,8 +244,6 @@ class Evaluator:
     return options
 
   def _summarize(self, stats: dict) -> dict[str, float]:
-    if self._context.task == "regression":
-      return self.task.summarize(stats, label_std=self.label_std)
     return self.task.summarize(stats, **self._summary_options)
 
   def _evaluate(self, params: Any, split: str, final: bool) -> dict[str, float]:
@@ -258,19 +263,23 @@ class Evaluator:
           "split": split, "task": context.task,
           "class_names": list(self.class_names) if self.class_names else None,
           "metrics": results,
-          "per_class": {k: np.asarray(v).tolist() for k, v in self._per_class(
-              stats).items()},
+          "per_class": {k: np.asarray(v).tolist() for k, v in self.task.per_class(
+              stats, **self._units).items()},
           "slices": {name: slices_lib.summarize_slices(
               s, self._summarize, self._slice_names(split)[name],
               seed=self.slice_seed, metrics=self._slice_metrics(s))
                      for name, s in slice_stats.items()},
       }
-      _write_atomically(os.path.join(folder, "metrics.json"),
-                        json.dumps(_finite(summary), indent=1))
+      writers.write_atomically(os.path.join(folder, "metrics.json"),
+                               json.dumps(_finite(summary), indent=1))
       np.savez(os.path.join(folder, "stats.npz"), **stats)
       if rows is not None:
-        self._write_predictions(os.path.join(folder, "predictions.jsonl"),
-                                context.loaders[split].source, rows)
+        records = self._prediction_records(context.loaders[split].source, rows)
+        with writers.atomic_file(os.path.join(folder, "predictions.jsonl")) as f:
+          f.writelines(json.dumps(r) + "\n" for r in records)
+        if self.predictions_csv:
+          write_predictions_csv(os.path.join(folder, "predictions.csv"), records,
+                                self.class_names)
     return {f"{split}/{k}": v for k, v in results.items()}
 
   def _slice_metrics(self, slice_stats: dict) -> list[str]:
@@ -278,38 +287,29 @@ class Evaluator:
     given = self._summarize({k: np.asarray(v)[0, 0] for k, v in slice_stats.items()})
     return [m for m in self.task.HEADLINE if m in given]
 
-  def _per_class(self, stats: dict) -> dict[str, np.ndarray]:
-    if self._context.task == "regression":
-      return self.task.per_class(stats, label_std=self.label_std)
-    return self.task.per_class(stats)
-
-  def _write_predictions(self, path: str, source: Any,
-                         rows: list[dict[str, np.ndarray]]) -> None:
-    """One JSON object per real example, in split order."""
+  def _prediction_records(self, source: Any, rows: list[dict[str, np.ndarray]]
+                          ) -> list[dict[str, Any]]:
+    """One record per real example, in split order (see the module)."""
     location = getattr(source, "location", None)
-    regression = self._context.task == "regression"
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      for batch in rows:
-        real = np.asarray(batch["mask"]).reshape(len(batch["mask"]), -1)[:, 0] > 0
-        for i in np.flatnonzero(real):
-          index = int(batch["index"][i])
-          label, prediction = batch["label"][i], batch["prediction"][i]
-          scores = batch["scores"][i]
-          record = {"index": index,
-                    "id": location(index) if location else f"example {index}"}
-          if regression:
-            label = np.asarray(label, np.float64) * self.label_std + self.label_mean
-            prediction = (np.asarray(prediction, np.float64) * self.label_std
-                          + self.label_mean)
-            record.update(label=label.tolist(), prediction=prediction.tolist(),
-                          scores=prediction.tolist(), confidence=None)
-          else:
-            record.update(label=np.asarray(label).tolist(),
-                          prediction=np.asarray(prediction).tolist(),
-                          scores=np.round(np.asarray(scores, np.float64), 6).tolist(),
-                          confidence=round(float(np.max(scores)), 6))
-          f.write(json.dumps(record) + "\n")
-    os.replace(path + ".tmp", path)
+    records = []
+    for batch in rows:
+      for i in np.flatnonzero(batch["mask"] > 0):
+        index = int(batch["index"][i])
+        record = {"index": index,
+                  "id": location(index) if location else f"example {index}"}
+        if self._context.task == "regression":  # Back to the original units.
+          label, prediction = (np.asarray(batch[k][i], np.float64) * self.label_std
+                               + self.label_mean for k in ("label", "prediction"))
+          record.update(label=label.tolist(), prediction=prediction.tolist(),
+                        scores=prediction.tolist(), confidence=None)
+        else:
+          scores = np.asarray(batch["scores"][i], np.float64)
+          record.update(label=np.asarray(batch["label"][i]).tolist(),
+                        prediction=np.asarray(batch["prediction"][i]).tolist(),
+                        scores=np.round(scores, 6).tolist(),
+                        confidence=round(float(scores.max()), 6))
+        records.append(record)
+    return records
 
   def run(self, params: Any) -> dict[str, float]:
     results = {}
@@ -324,6 +324,29 @@ class Evaluator:
     return results
 
 
+def write_predictions_csv(path: str, records: list[dict[str, Any]],
+                          class_names: list[str] | None) -> None:
+  """The prediction records as CSV: index, id, label, prediction, confidence, then
+  one score column per class (named by the class where names exist)."""
+  first = records[0]["scores"] if records else []
+  width = len(first) if isinstance(first, list) else 0
+  score_names = [f"score_{class_names[c] if class_names else c}"
+                 for c in range(width)]
+
+  def cell(value):  # A class by its name; numbers as they are; lists as JSON.
+    if class_names and isinstance(value, int):
+      return class_names[value]
+    return json.dumps(value) if isinstance(value, list) else value
+
+  with writers.atomic_file(path, newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["index", "id", "label", "prediction", "confidence",
+                     *score_names])
+    for r in records:
+      writer.writerow([r["index"], r["id"], cell(r["label"]), cell(r["prediction"]),
+                       r["confidence"], *r["scores"][:width]])
+
+
 def _finite(value: Any) -> Any:
   """NaN and infinities as None: JSON has no such numbers."""
   if isinstance(value, float):
@@ -333,9 +356,3 @@ def _finite(value: Any) -> Any:
   if isinstance(value, (list, tuple)):
     return [_finite(v) for v in value]
   return value
-
-
-def _write_atomically(path: str, text: str) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)

@@ -23,8 +23,6 @@ What it writes (process 0):
   DIR/plots/ and DIR/report.html, of this evaluation
   DIR/metrics.jsonl, the metrics appended at the checkpoint's step
 """
-import csv
-import json
 import math
 import os
 import sys
@@ -68,33 +66,6 @@ def _eval_batch_size(config: ml_collections.ConfigDict, mesh) -> int:
   return -(-size // multiple) * multiple
 
 
-def write_predictions_csv(jsonl_path: str, class_names: list[str] | None) -> str:
-  """predictions.csv beside predictions.jsonl: id, label, prediction, confidence,
-  then one score column per class (named by the class where names exist)."""
-  with open(jsonl_path, encoding="utf-8") as f:
-    records = [json.loads(line) for line in f]
-  path = os.path.splitext(jsonl_path)[0] + ".csv"
-  width = len(records[0]["scores"]) if records and isinstance(
-      records[0]["scores"], list) else 0
-  score_names = [f"score_{class_names[c] if class_names else c}"
-                 for c in range(width)]
-  def cell(value):  # A class by its name; numbers as they are; lists as JSON.
-    if class_names and isinstance(value, int):
-      return class_names[value]
-    return json.dumps(value) if isinstance(value, list) else value
-
-  with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow(["index", "id", "label", "prediction", "confidence",
-                     *score_names])
-    for r in records:
-      scores = r["scores"] if isinstance(r["scores"], list) else [r["scores"]]
-      writer.writerow([r["index"], r["id"], cell(r["label"]), cell(r["prediction"]),
-                       r["confidence"], *scores[:width]])
-  os.replace(path + ".tmp", path)
-  return path
-
-
 def run_standalone(config: ml_collections.ConfigDict, workdir: str,
                    checkpoint: str = "latest", *, split: str | None = None,
                    new_data: bool = False,
@@ -130,10 +101,11 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
                                         num_threads=config.data.num_threads)
              for name, s in splits.items()}
   evaluator_configs = configured(config)
-  if split is not None:  # The task's metrics on this split only.
-    for evaluator_config in evaluator_configs:
-      if evaluator_config.get("type") == "metrics":
+  for evaluator_config in evaluator_configs:
+    if evaluator_config.get("type") == "metrics":
+      if split is not None:  # The task's metrics on this split only.
         evaluator_config.update(splits=(split,), final_splits=(split,))
+      evaluator_config["predictions_csv"] = predictions_format == "csv"
   # The checkpoint's step names the output folder: read it before building.
   step = runs.choose_checkpoint_step(workdir, config, checkpoint)
   tag = f"step_{step}"
@@ -150,13 +122,6 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
   for evaluator in evaluators:
     results.update(evaluator.run(params, final=True))
   if jax.process_index() == 0:
-    if predictions_format == "csv":
-      class_names = getattr(splits.get("train", next(iter(splits.values()))),
-                            "label_names", None)
-      for name in sorted(os.listdir(os.path.join(workdir, "eval", tag))):
-        jsonl = os.path.join(workdir, "eval", tag, name, "predictions.jsonl")
-        if os.path.exists(jsonl):
-          writers.info(f"predictions: {write_predictions_csv(jsonl, class_names)}")
     report_path = report.write_for_evaluation(workdir, tag, splits)
     if report_path:
       writers.info(f"report: {report_path}")

@@ -255,8 +255,10 @@ def _labels(values: Sequence[str], data_config: Any) -> np.ndarray:
     return np.array([_float_or_inf(v) if v else np.nan for v in values])
   if kind == "multilabel":
     separator = data_config.get("label_separator", "|")
-    return np.array([tuple(n.strip() for n in v.split(separator) if n.strip())
-                     for v in values] + [None], dtype=object)[:-1]
+    label_sets = np.empty(len(values), dtype=object)  # One tuple per row.
+    for row, value in enumerate(values):
+      label_sets[row] = tuple(n.strip() for n in value.split(separator) if n.strip())
+    return label_sets
   return np.asarray(values, dtype=object)
 
 
