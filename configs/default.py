@@ -16,6 +16,7 @@ Measured (2026-11-27, 2-core AMD EPYC VM, jax 0.10.2, the command above):
 """
 from ml_collections import ConfigDict
 
+from ctjax import search
 from ctjax import sweeps
 from ctjax.config import parse_arg
 
@@ -50,4 +51,22 @@ def get_sweeps(arg: str | None = None) -> dict[str, list[dict]]:
       "lr_seed": sweeps.product(lr, sweeps.values("seed", [0, 1])),
       "width": sweeps.zip(sweeps.values("model.widths", [(16, 32), (32, 64)]),
                           sweeps.values("optim.lr", [3e-3, 3e-3])),
+      # Bayesian search; a trial whose validation accuracy at an evaluation
+      # (every config.eval_every steps) is below the median of earlier trials'
+      # at that step stops there.
+      "tune": search.Search(
+          space={"optim.lr": search.log_uniform(3e-4, 3e-2),
+                 "optim.weight_decay": search.log_uniform(1e-6, 1e-2),
+                 "model.blocks_per_stage": search.integer(1, 2)},
+          objectives={"validation/accuracy": "max"},
+          sampler="tpe", pruner="median", trials=12,
+          pruner_options={"n_startup_trials": 3, "n_warmup_steps": 0}),
+      # Accuracy against speed: a Pareto front by NSGA-II.
+      "pareto": search.Search(
+          space={"optim.lr": search.log_uniform(3e-4, 3e-2),
+                 "model.blocks_per_stage": search.integer(1, 2),
+                 "model.norm_groups": search.categorical([4, 8])},
+          objectives={"validation/accuracy": "max",
+                      "train/examples_per_s": "max"},
+          sampler="nsga2", trials=12),
   }

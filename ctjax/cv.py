@@ -39,23 +39,17 @@ A failed fold is reported with the end of its log once the others are done, and
 the command exits with status 1. SIGINT or SIGTERM stops the folds that are
 running (each saves a checkpoint on SIGTERM); the same command resumes them.
 
---workers N runs N folds at once. Each worker is pinned to its share of this
-process's CPUs (XLA sizes its CPU thread pools to the CPUs a process may use, so
-N runs do not each start a thread per core and fight over them), and
-XLA_PYTHON_CLIENT_PREALLOCATE=false (unless set) lets runs share a GPU without
-each reserving 75% of its memory. On a TPU host, whose chips one process holds,
-use --workers 1.
+--workers N runs N folds at once, each on its own share of the CPUs or GPUs
+(see ctjax/run_pool.py, shared with the sweep driver). On a TPU host, whose
+chips one process holds, use --workers 1.
 """
 import argparse
 import csv
 import io
 import json
 import os
-import shlex
 import signal
-import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import ml_collections
@@ -64,6 +58,7 @@ import numpy as np
 from ctjax import config as config_lib
 from ctjax import durations
 from ctjax import evaluators as evaluators_lib
+from ctjax import run_pool
 from ctjax import writers
 from ctjax.data import splits as splits_lib
 from ctjax.evaluators import metrics as metrics_evaluator
@@ -71,9 +66,6 @@ from ctjax.errors import UserError
 
 SETTINGS_FILE = "cv.json"
 RESULT_FILE = "cv_result.json"
-LOG_FILE = "log.txt"
-# Lines of a failed fold's log shown on the terminal.
-TAIL_LINES = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +98,7 @@ def cross_validate(args: argparse.Namespace, overrides: list[str]) -> int:
   options = {"folds": args.folds, "stratify": args.stratified,
              "group_column": args.group_column, "seed": args.seed}
   config = _check(args.config, overrides, options)
-  _claim(args.workdir, {
+  run_pool.claim(os.path.join(args.workdir, SETTINGS_FILE), "a cross-validation", {
       "command": {"config": args.config, "overrides": overrides, **options},
       "config": json.loads(config_lib.to_json(config))})
   commands, results = {}, {}
@@ -115,11 +107,9 @@ def cross_validate(args: argparse.Namespace, overrides: list[str]) -> int:
     if results[fold] is not None:
       print(f"fold {fold}: finished before, skipped", flush=True)
       continue
-    commands[fold] = [sys.executable, "-m", "ctjax", "train", "--config",
-                      args.config, "--workdir", _fold_dir(args.workdir, fold),
-                      *(f"--config.{o}" for o in overrides),
-                      f"--config.{_fold_override(options, fold)}",
-                      *(["--verbose"] if args.verbose else [])]
+    commands[fold] = run_pool.train_command(
+        args.config, _fold_dir(args.workdir, fold),
+        [*overrides, _fold_override(options, fold)], verbose=args.verbose)
   failed = {}
 
   def on_exit(fold: int, status: int) -> None:
@@ -133,8 +123,9 @@ def cross_validate(args: argparse.Namespace, overrides: list[str]) -> int:
   _run_all(args.workdir, commands, args.workers, on_exit)
   if failed:
     for fold, why in sorted(failed.items()):
-      log = os.path.join(_fold_dir(args.workdir, fold), LOG_FILE)
-      print(f"fold {fold}: {why}; the end of {log}:\n{_tail(log)}", flush=True)
+      log = os.path.join(_fold_dir(args.workdir, fold), run_pool.LOG_FILE)
+      print(f"fold {fold}: {why}; the end of {log}:\n"
+            f"{run_pool.log_tail(_fold_dir(args.workdir, fold))}", flush=True)
     print(f"ctjax: error: cv: fold(s) {', '.join(map(str, sorted(failed)))} of "
           f"{args.folds} did not finish; fix the cause and rerun the same command "
           "(finished folds are kept)", file=sys.stderr, flush=True)
@@ -165,40 +156,6 @@ def _fold_override(options: dict[str, Any], fold: int) -> str:
   return f"data.cross_validation={value!r}"
 
 
-def _claim(workdir: str, settings: dict[str, Any]) -> None:
-  """Records the settings in DIR/cv.json, or checks them against a previous run's.
-
-  The resolved config is compared too: folds trained from an edited config file
-  would otherwise be tabulated together with folds of the old one.
-  """
-  path = os.path.join(workdir, SETTINGS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      before = _flat(json.load(f))
-    now = _flat(json.loads(json.dumps(settings)))  # Tuples as JSON has them.
-    changed = [f"{k}={before.get(k)!r}" for k in sorted(now | before)
-               if now.get(k) != before.get(k)]
-    if changed:
-      raise UserError(f"{path}: this folder holds a cross-validation with other "
-                      f"settings ({', '.join(changed[:4])}"
-                      f"{', ...' if len(changed) > 4 else ''}); rerun with those, "
-                      "or use another --workdir")
-    return
-  os.makedirs(workdir, exist_ok=True)
-  writers.write_atomically(path, json.dumps(settings, indent=1))
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{"a.b": value} for the leaves of nested dicts."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def _fold_dir(workdir: str, fold: int) -> str:
   return os.path.join(workdir, f"fold_{fold}")
 
@@ -215,64 +172,28 @@ def _run_all(workdir: str, commands: dict[int, list[str]], workers: int,
              on_exit: Callable[[int, int], None]) -> None:
   """Runs each fold's command, `workers` at a time; `on_exit(fold, status)` as
   each ends, so that a finished fold is recorded at once."""
-  cpu_shares = _cpu_shares(workers)
-  env = dict(os.environ, PYTHONUNBUFFERED="1")  # log.txt fills as the run goes.
-  if workers > 1:
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  waiting, running = sorted(commands), {}
-  free_slots = list(range(workers))
+  pool = run_pool.Pool(workers)
+  waiting = [run_pool.Run(str(fold), commands[fold], _fold_dir(workdir, fold))
+             for fold in sorted(commands)]
   # SIGTERM (a scheduler, `kill`) stops the folds as Ctrl-C does.
   previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
   try:
-    while waiting or running:
-      while waiting and free_slots:
-        fold, slot = waiting.pop(0), free_slots.pop(0)
-        running[fold] = (_start(workdir, fold, commands[fold], env,
-                                cpu_shares[slot]), slot)
-      time.sleep(0.1)
-      for fold, (process, slot) in list(running.items()):
-        if process.poll() is not None:
-          free_slots.append(slot)
-          del running[fold]
-          on_exit(fold, process.returncode)
+    while waiting or pool.running():
+      while waiting and pool.free():
+        run = waiting.pop(0)
+        pool.start(run)
+        print(f"fold {run.name}: started, log "
+              f"{os.path.join(run.run_dir, run_pool.LOG_FILE)}", flush=True)
+      for run, status in pool.wait():
+        on_exit(int(run.name), status)
   except KeyboardInterrupt:
-    for process, _ in running.values():
-      process.send_signal(signal.SIGTERM)  # Each saves a checkpoint and stops.
-    for process, _ in running.values():
-      process.wait()
-    print(f"ctjax cv: stopped; folds {', '.join(map(str, sorted(running)))} saved "
+    stopped = pool.stop()  # Each saves a checkpoint and stops.
+    print(f"ctjax cv: stopped; folds {', '.join(r.name for r in stopped)} saved "
           "where they were: rerun the same command to resume", file=sys.stderr,
           flush=True)
     sys.exit(130)
   finally:
     signal.signal(signal.SIGTERM, previous)
-
-
-def _cpu_shares(workers: int) -> list[set[int] | None]:
-  """The CPUs of each worker slot: disjoint shares, or one CPU each if too few."""
-  if workers == 1 or not hasattr(os, "sched_getaffinity"):
-    return [None] * workers
-  cpus = sorted(os.sched_getaffinity(0))
-  if workers >= len(cpus):
-    return [{cpus[w % len(cpus)]} for w in range(workers)]
-  return [set(cpus[w * len(cpus) // workers:(w + 1) * len(cpus) // workers])
-          for w in range(workers)]
-
-
-def _start(workdir: str, fold: int, command: list[str], env: dict[str, str],
-           cpus: set[int] | None) -> subprocess.Popen:
-  directory = _fold_dir(workdir, fold)
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, LOG_FILE), "a") as log:
-    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}"
-              f"{f' on CPUs {sorted(cpus)}' if cpus else ''}: {shlex.join(command)}\n")
-    log.flush()
-    print(f"fold {fold}: started, log {log.name}", flush=True)
-    # The child holds its own copy of the file; ours closes here. No other thread
-    # runs in this process, so setting the affinity between fork and exec is safe.
-    return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 def _finish_fold(workdir: str, fold: int, status: int) -> dict[str, float] | str:
@@ -288,23 +209,31 @@ def _finish_fold(workdir: str, fold: int, status: int) -> dict[str, float] | str
   return metrics
 
 
-def final_metrics(run_dir: str) -> dict[str, float] | None:
-  """A finished run's final evaluation from its metrics.jsonl; None if unfinished.
-
-  The metrics (all but train/*) of the records at the last step, later records
-  winning; None unless every final split (see the module) has metrics there.
-  """
+def planned_steps(run_dir: str) -> tuple[ml_collections.ConfigDict | None, int]:
+  """A run's resolved config and its length in steps; (None, 0) before the run
+  has written them (config.json, splits.json)."""
   try:
     with open(os.path.join(run_dir, "config.json")) as f:
       config = config_lib.from_json(f.read())
     with open(os.path.join(run_dir, "splits.json")) as f:
       train_examples = json.load(f)["sizes"]["train"]
   except FileNotFoundError:
+    return None, 0
+  return config, durations.to_steps(
+      config["train_duration"], key="train_duration",
+      global_batch_size=config["batch_size"], train_examples=train_examples)
+
+
+def final_metrics(run_dir: str) -> dict[str, float] | None:
+  """A finished run's final evaluation from its metrics.jsonl; None if unfinished.
+
+  The metrics (all but train/*) of the records at the last step, later records
+  winning; None unless every final split (see the module) has metrics there.
+  """
+  config, last_step = planned_steps(run_dir)
+  if config is None:
     return None
   records = writers.read_metrics(run_dir)
-  last_step = durations.to_steps(config["train_duration"], key="train_duration",
-                                 global_batch_size=config["batch_size"],
-                                 train_examples=train_examples)
   metrics = {}
   for record in records:
     if record.get("step") == last_step:
@@ -360,7 +289,3 @@ def _title(args: argparse.Namespace, options: dict[str, Any]) -> str:
   return (f"{args.folds}-fold{' ' + ', '.join(how) if how else ''} "
           f"cross-validation of {args.config} (seed {options['seed']})")
 
-
-def _tail(path: str, lines: int = TAIL_LINES) -> str:
-  with open(path, errors="replace") as f:
-    return "\n".join("  " + line for line in f.read().splitlines()[-lines:])

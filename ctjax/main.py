@@ -13,6 +13,11 @@
            [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
               (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
               a table of them in DIR/cv.md and cv.csv; see ctjax/cv.py)
+  ctjax sweep --config configs/NAME.py[:ARG] --sweep NAME --workdir DIR
+              [--workers N] [--devices-per-trial D] [--storage URL] ...
+              (a sweep's or an Optuna search's trials, one resumable run each in
+              DIR/trials/<overrides>, with a table and plots; also
+              experiments/sweep.py; see ctjax/sweep_driver.py)
 
 Running the same command again on a workdir resumes it. Mistakes in the config or
 the data print one line naming the key, file or record, and exit with status 2
@@ -83,6 +88,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   from ctjax import cv  # pylint: disable=g-import-not-at-top
   cv.add_arguments(commands.add_parser(
       "cv", help="k-fold cross-validation: a run per fold, and a table of them"))
+  from ctjax import sweep_driver  # pylint: disable=g-import-not-at-top
+  sweep_driver.add_arguments(commands.add_parser(
+      "sweep", help="run a sweep's or a search's trials, and tabulate them"))
   args, rest = parser.parse_known_args(argv)
   if args.command == "export" and rest:
     parser.error(f"unrecognised arguments {' '.join(rest)!r}")
@@ -129,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "cv":  # Each fold is a `ctjax train` process of its own.
       from ctjax import cv  # pylint: disable=g-import-not-at-top
       sys.exit(cv.cross_validate(args, overrides))
+    if args.command == "sweep":  # Each trial is a `ctjax train` process too.
+      from ctjax import sweep_driver  # pylint: disable=g-import-not-at-top
+      sys.exit(sweep_driver.run_sweep(args, overrides))
     initialize_distributed()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
     if args.command == "eval":

@@ -14,7 +14,8 @@
                                                      "optim.lr": 0.1}]),
     }
 
-A sweep is plain Python: a list of trials, each a dict of overrides in the
+A sweep is plain Python: a list of trials (or a search space for Optuna, see
+ctjax/search.py), each a dict of overrides in the
 command line's dotted keys (`{"optim.lr": 3e-4, "seed": 1}`), built with any code
 or with the helpers below. `load` runs the config file's `get_sweeps(arg)`, picks
 one by name and checks every trial against the config (an unknown key or a value
@@ -32,6 +33,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from ctjax import config as config_lib
+from ctjax import search
 from ctjax.errors import UserError
 
 Trial = dict[str, Any]
@@ -90,12 +92,16 @@ def trial_name(trial: Trial) -> str:
   return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text) or "defaults"
 
 
-def load(config_spec: str, name: str) -> list[Trial]:
-  """Sweep `name` of the config file's `get_sweeps(arg)`, every trial checked.
+def load(config_spec: str, name: str, overrides: Iterable[str] = ()
+         ) -> list[Trial] | search.Search:
+  """Sweep `name` of the config file's `get_sweeps(arg)`, every trial checked: a
+  list of trials, or a search (ctjax/search.py) whose keys are checked with
+  their extreme values.
 
   Args:
     config_spec: "configs/NAME.py[:ARG]", as `ctjax train --config` takes it.
     name: the sweep.
+    overrides: "KEY=VALUE" overrides that every trial starts from.
   """
   path, _, arg = config_spec.partition(":")
   if not os.path.isfile(path):
@@ -107,24 +113,34 @@ def load(config_spec: str, name: str) -> list[Trial]:
     known = ", ".join(defined) if isinstance(defined, Mapping) else "none"
     raise UserError(f"--sweep {name}: {path}'s get_sweeps() has no sweep of that "
                     f"name; it has {known}")
-  trials = defined[name]
+  trials, where = defined[name], f"--sweep {name}"
+  base = config_lib.load_config(config_spec, list(overrides))
+  if isinstance(trials, search.Search):
+    trials.check(where)
+    for trial in trials.examples():
+      _check_trial(base, trial, f"{where}, space")
+    return trials
   if not isinstance(trials, list) or not trials or not all(
       isinstance(t, Mapping) for t in trials):
     raise UserError(f"--sweep {name}: give a non-empty list of override dicts, "
                     f"such as [{{'optim.lr': 1e-3}}]; got {trials!r:.80}")
-  base, names = config_lib.load_config(config_spec), {}
+  names = {}
   for i, trial in enumerate(trials):
     trial = dict(trial)
-    where = f"--sweep {name}, trial {i} ({trial_name(trial)})"
-    try:
-      apply(base, trial)
-    except UserError as e:
-      raise UserError(f"{where}: {e}") from None
+    _check_trial(base, trial, f"{where}, trial {i}")
     if trial_name(trial) in names:
-      raise UserError(f"{where}: the same overrides as trial "
-                      f"{names[trial_name(trial)]}; each trial must differ")
+      raise UserError(f"{where}, trial {i} ({trial_name(trial)}): the same "
+                      f"overrides as trial {names[trial_name(trial)]}; each trial "
+                      "must differ")
     names[trial_name(trial)] = i
   return [dict(t) for t in trials]
+
+
+def _check_trial(base: ConfigDict, trial: Trial, where: str) -> None:
+  try:
+    apply(base, trial)
+  except UserError as e:
+    raise UserError(f"{where} ({trial_name(trial)}): {e}") from None
 
 
 def apply(config: ConfigDict, trial: Trial) -> ConfigDict:

@@ -34,6 +34,7 @@ from ctjax import optim
 from ctjax import peft
 from ctjax import report
 from ctjax import runs
+from ctjax import search
 from ctjax import sharding
 from ctjax import tasks
 from ctjax import watchdog
@@ -445,6 +446,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   # A hung run prints every thread's stack and exits (config.watchdog_minutes).
   hang_watchdog = watchdog.Watchdog(config.watchdog_minutes)
+  # In a hyperparameter search, the search's pruner may stop this trial early.
+  pruning = search.trial_pruning()
   try:
     hang_watchdog.start()
     step = start_step
@@ -490,8 +493,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           or time_to_save) and not is_last:
         save(step, metrics=evaluated or None)
         last_save_time, time_to_save, saved = time.monotonic(), False, True
-      if preemption.reached(step, manager) and not is_last:
-        info(f"SIGTERM: saving step {step} and stopping; run again to resume")
+      stop = ""  # Why the run stops before its end, if it does.
+      if pruning and evaluated and pruning.should_stop(step, evaluated):
+        stop = (f"pruned by the search ({pruning.metric}="
+                f"{evaluated[pruning.metric]:.4g})")
+        writer.write(step, {search.PRUNED_METRIC: 1.0})
+      elif preemption.reached(step, manager) and not is_last:
+        stop = "SIGTERM"
+      if stop:
+        info(f"{stop}: saving step {step} and stopping; run again to resume")
         if not saved:
           save(step, force=True)
         manager.wait_until_finished()
