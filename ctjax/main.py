@@ -13,6 +13,10 @@
            [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
               (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
               a table of them in DIR/cv.md and cv.csv; see ctjax/cv.py)
+  ctjax launch tpu --name N --zone Z --type v5litepod-16 --config ... --workdir gs://...
+  ctjax launch slurm --config ... --workdir DIR --nodes N --gpus-per-node G
+              (the same run on a Cloud TPU VM or a SLURM cluster; the
+              --config.a.b=VALUE overrides go to it; see ctjax/launch/)
   ctjax sweep --config configs/NAME.py[:ARG] --sweep NAME --workdir DIR
               [--workers N] [--devices-per-trial D] [--storage URL] ...
               (a sweep's or an Optuna search's trials, one resumable run each in
@@ -31,25 +35,6 @@ import sys
 import traceback
 
 from ctjax.errors import UserError
-
-
-def initialize_distributed() -> None:
-  """Starts jax.distributed when this is one process of several.
-
-  Set by hand (JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES,
-  JAX_PROCESS_ID; gloo collectives on CPU), or detected by JAX itself on a TPU VM
-  pod slice or under SLURM. Must run before anything touches a device.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif (len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
-    jax.distributed.initialize()
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -88,6 +73,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   from ctjax import cv  # pylint: disable=g-import-not-at-top
   cv.add_arguments(commands.add_parser(
       "cv", help="k-fold cross-validation: a run per fold, and a table of them"))
+  from ctjax import launch  # pylint: disable=g-import-not-at-top
+  launch.add_arguments(commands.add_parser(
+      "launch", help="run a config on a Cloud TPU VM or a SLURM cluster"))
   from ctjax import sweep_driver  # pylint: disable=g-import-not-at-top
   sweep_driver.add_arguments(commands.add_parser(
       "sweep", help="run a sweep's or a search's trials, and tabulate them"))
@@ -140,7 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "sweep":  # Each trial is a `ctjax train` process too.
       from ctjax import sweep_driver  # pylint: disable=g-import-not-at-top
       sys.exit(sweep_driver.run_sweep(args, overrides))
-    initialize_distributed()
+    if args.command == "launch":  # gcloud or sbatch here; training on the target.
+      from ctjax import launch  # pylint: disable=g-import-not-at-top
+      sys.exit(launch.launch(args, overrides))
+    from ctjax import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
     if args.command == "eval":
       from ctjax import runs  # pylint: disable=g-import-not-at-top

@@ -1,7 +1,7 @@
 """Several `ctjax train` processes on localhost, as on a multi-host TPU slice.
 
 Each process gets its share of fake CPU devices and the coordinator variables that
-`ctjax.main.initialize_distributed` reads (gloo collectives on CPU):
+`ctjax.distributed.initialize` reads (gloo collectives on CPU):
 
   results = multiprocess_util.train(config, workdir, num_processes=2,
                                     devices_per_process=4)   # 8 global devices

@@ -417,8 +417,8 @@ def digits_results() -> dict[str, float]:
 _WORKER = """
 import json, sys
 sys.path.insert(0, {tests!r})
-from ctjax import main
-main.initialize_distributed()
+from ctjax import distributed
+distributed.initialize()
 import test_evaluators
 print("RESULTS " + json.dumps(test_evaluators.digits_results()), flush=True)
 """
