@@ -11,8 +11,9 @@ Each run is an ordinary resumable `ctjax train` in its own folder; its stdout an
 stderr go to RUN_DIR/log.txt, each attempt appended under a header line.
 
 Sharing the machine. Each worker slot gets its own devices:
-- GPUs (nvidia-smi lists them): slot i sees GPUs i*d .. i*d+d-1 through
-  CUDA_VISIBLE_DEVICES, with d = devices_per_run; XLA_PYTHON_CLIENT_PREALLOCATE
+- GPUs (those of an inherited CUDA_VISIBLE_DEVICES, else all nvidia-smi lists):
+  slot i sees the i-th d of them through CUDA_VISIBLE_DEVICES, with d =
+  devices_per_run; XLA_PYTHON_CLIENT_PREALLOCATE
   =false (unless set) so that runs sharing a GPU do not each reserve 75% of it.
 - CPUs: each slot is pinned to a disjoint share of this process's CPUs (XLA sizes
   its thread pools to the CPUs a process may use, so N runs do not each start a
@@ -86,13 +87,18 @@ class Pool:
 
   def __init__(self, workers: int, devices_per_run: int = 1):
     self.workers = workers
-    gpus = gpu_count()
+    # The GPUs this process may use: those of an inherited CUDA_VISIBLE_DEVICES
+    # (a scheduler's share of the machine), else all that nvidia-smi lists.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    gpus = ([g for g in visible.split(",") if g.strip()] if visible else
+            [str(g) for g in range(gpu_count())])
     if gpus:
-      if workers * devices_per_run > gpus:
-        raise ValueError(f"{workers} workers x {devices_per_run} GPUs each need "
-                         f"{workers * devices_per_run} GPUs; this machine has {gpus}")
+      if workers * devices_per_run > len(gpus):
+        raise UserError(f"--workers {workers} x --devices-per-trial "
+                        f"{devices_per_run} need {workers * devices_per_run} GPUs; "
+                        f"{len(gpus)} are visible ({','.join(gpus)})")
       self._slot_env = [{"CUDA_VISIBLE_DEVICES": ",".join(
-          str(g) for g in range(w * devices_per_run, (w + 1) * devices_per_run))}
+          gpus[w * devices_per_run:(w + 1) * devices_per_run])}
                         for w in range(workers)]
       self._cpus = [None] * workers
     else:

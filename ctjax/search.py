@@ -43,6 +43,7 @@ import dataclasses
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -255,10 +256,12 @@ def make_storage(url: str, *, workers: int, heartbeat_s: int = 0):
   if "://" in url:
     if not heartbeat_s:
       return optuna.storages.RDBStorage(url)
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(
-            max_retry=3))
+    with warnings.catch_warnings():  # Heartbeats are "experimental" in Optuna 5.
+      warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+      return optuna.storages.RDBStorage(
+          url, heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s,
+          heartbeat_stale_trial_callback=(
+              optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)))
   from optuna.storages import journal  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
   return optuna.storages.JournalStorage(journal.JournalFileBackend(url))

@@ -384,6 +384,9 @@ class _Search(_Driver):
         f"-{args.sweep}")
     self.storage = search_lib.make_storage(self.storage_url, workers=args.workers,
                                            heartbeat_s=args.heartbeat_s)
+    # This driver sends the heartbeats itself (see _tick), which Optuna's ask()
+    # cannot know.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     try:
       before = len(optuna.load_study(study_name=self.study_name,
                                      storage=self.storage).trials)
@@ -447,7 +450,7 @@ class _Search(_Driver):
     with the same values (which resume from their folders' checkpoints)."""
     import optuna  # pylint: disable=g-import-not-at-top
     if isinstance(self.storage, optuna.storages.RDBStorage) and self.args.heartbeat_s:
-      optuna.storages.fail_stale_trials(self.study)  # Retries them, too.
+      _fail_stale_trials(self.study)  # Retries them, too.
       return
     host = socket.gethostname()
     for trial in self.study.get_trials(
@@ -547,7 +550,7 @@ class _Search(_Driver):
       for trial in self.running.values():
         self.storage.record_heartbeat(trial._trial_id)  # pylint: disable=protected-access
       self._last_heartbeat = time.monotonic()
-      optuna.storages.fail_stale_trials(self.study)
+      _fail_stale_trials(self.study)
 
   def table_rows(self) -> list[dict[str, Any]]:
     self._refresh()
@@ -570,6 +573,15 @@ def _objectives(run_dir: str, final: dict[str, float], objectives
     else:
       values.append(float(value))
   return values, missing
+
+
+def _fail_stale_trials(study) -> None:
+  """Optuna's: fails trials whose driver stopped sending heartbeats, and (by the
+  storage's callback) queues their values again."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():  # "Experimental" in Optuna 5, and meant for
+    warnings.simplefilter("ignore")  # Study.optimize, which a driver cannot use.
+    optuna.storages.fail_stale_trials(study)
 
 
 def _alive(pid: int) -> bool:

@@ -477,7 +477,8 @@ def _learning_curves(rows: list[dict], metric: str) -> Figure | None:
                                  for r, _ in curves) else "")
   figure.legend(handles, labels, loc="outside right upper", fontsize="small",
                 ncols=columns, title=title, title_fontsize="small")
-  figure.suptitle(f"Learning curves of {len(curves)} trials")
+  # Left-aligned: centred, it would run into the legend outside the axes.
+  figure.suptitle(f"Learning curves of {len(curves)} trials", x=0.01, ha="left")
   return figure
 
 

@@ -1,6 +1,7 @@
 """Search spaces (ctjax/search.py): what they draw, what they refuse, and pruning
 inside a two-process trial, where only process 0 talks to the study."""
 import json
+import math
 
 import optuna
 import pytest
@@ -35,7 +36,7 @@ def test_conditional_keys_are_drawn_only_when_their_condition_holds():
       assert 0.8 <= trial["optim.momentum"] <= 0.99
   assert {t["optim.name"] for t in drawn} == {"adamw", "momentum"}
   # Log-uniform: as many draws in each decade, not most in the top one.
-  decades = [int(-__import__("math").log10(t["optim.lr"])) for t in drawn]
+  decades = [int(-math.log10(t["optim.lr"])) for t in drawn]
   assert min(decades.count(d) for d in (1, 2, 3)) >= 3
 
 
@@ -113,3 +114,34 @@ def test_a_two_process_trial_is_pruned_at_one_step_by_process_0(tmp_path):
                   if "validation/accuracy" in r)
   reported = optuna.load_study(study_name="s", storage=storage).trials[1]
   assert reported.intermediate_values == {5: pytest.approx(accuracy)}
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "cmaes", "nsga2"])
+def test_each_sampler_draws_inside_the_space_and_ranks_by_the_directions(sampler):
+  """Every sampler runs ask/tell as the driver does, with the study's directions
+  from the objectives' "max"/"min": the best trial is the lowest loss, and for
+  NSGA-II's two maximised objectives the Pareto front holds only trials no other
+  trial beats on both."""
+  objectives = ({"validation/accuracy": "max", "train/examples_per_s": "max"}
+                if sampler == "nsga2" else {"validation/loss": "min"})
+  space = search.Search(space={"optim.lr": search.log_uniform(1e-4, 1e-1),
+                               "seed": search.integer(0, 9)},
+                        objectives=objectives, sampler=sampler, seed=3)
+  space.check("test")
+  study = optuna.create_study(
+      sampler=space.make_sampler(),
+      directions=[search.DIRECTIONS[d] for d in objectives.values()])
+  for _ in range(12):
+    trial = study.ask()
+    drawn = space.suggest(trial)
+    assert 1e-4 <= drawn["optim.lr"] <= 1e-1 and 0 <= drawn["seed"] <= 9
+    lr = drawn["optim.lr"]
+    study.tell(trial, [-abs(math.log10(lr) + 2), 1 / lr]
+               if sampler == "nsga2" else abs(math.log10(lr) + 2))
+  if sampler == "nsga2":
+    values = [t.values for t in study.trials]
+    for best in study.best_trials:
+      assert not any(v[0] > best.values[0] and v[1] > best.values[1]
+                     for v in values)
+  else:
+    assert study.best_value == min(t.value for t in study.trials)

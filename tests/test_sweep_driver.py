@@ -228,12 +228,12 @@ def test_two_drivers_share_a_postgres_study_and_retry_a_killed_ones_trial(tmp_pa
     driver_a.kill()
     driver_a.wait()
     assert _wait(driver_b, log_b) == 0, log_b.read_text()[-3000:]
-    study = optuna.load_study(study_name="shared", storage=url)
+    trials = optuna.load_study(study_name="shared", storage=url).get_trials()
   by_state = {}
-  for trial in study.trials:
+  for trial in trials:
     by_state.setdefault(trial.state.name, []).append(trial)
   complete = by_state.get("COMPLETE", [])
-  assert len(complete) == 3, [(t.number, t.state, t.params) for t in study.trials]
+  assert len(complete) == 3, [(t.number, t.state, t.params) for t in trials]
   names = [t.user_attrs["name"] for t in complete]
   assert len(set(names)) == 3  # No trial trained twice.
   failed = by_state.get("FAIL", [])
@@ -243,3 +243,16 @@ def test_two_drivers_share_a_postgres_study_and_retry_a_killed_ones_trial(tmp_pa
   assert _attempts(killed_dir) == 2
   second = (killed_dir / "log.txt").read_text().split("\n=== ")[-1]
   assert "resumed from" in second, second[-2000:]
+
+
+def test_each_worker_gets_its_own_share_of_the_devices(monkeypatch):
+  from ctjax import run_pool  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # A scheduler's share.
+  pool = run_pool.Pool(workers=2, devices_per_run=2)
+  assert [e["CUDA_VISIBLE_DEVICES"] for e in pool._slot_env] == ["4,5", "6,7"]  # pylint: disable=protected-access
+  with pytest.raises(UserError, match=r"need 6 GPUs; 4 are visible"):
+    run_pool.Pool(workers=3, devices_per_run=2)
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+  if run_pool.gpu_count() == 0 and len(os.sched_getaffinity(0)) >= 2:
+    shares = run_pool.Pool(workers=2)._cpus  # pylint: disable=protected-access
+    assert shares[0] and shares[1] and not shares[0] & shares[1]
