@@ -85,6 +85,8 @@ def _detect(timeout_s: int) -> tuple[str, int, int, list[int] | None] | None:
   process_id = _int_env("JAX_PROCESS_ID")
   local_ids = os.environ.get("JAX_LOCAL_DEVICE_IDS")
   local_device_ids = [int(i) for i in local_ids.split(",")] if local_ids else None
+  if num_processes == 1:  # Said so (a sweep's trial in a SLURM job, say).
+    return None
   # JAX's private names below: the detection jax.distributed.initialize runs when
   # called without arguments, whose answer the join check needs before JAX starts
   # (JAX is pinned below 0.11, where they are stable). It runs only where it has

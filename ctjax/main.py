@@ -16,7 +16,9 @@
   ctjax launch tpu --name N --zone Z --type v5litepod-16 --config ... --workdir gs://...
   ctjax launch slurm --config ... --workdir DIR --nodes N --gpus-per-node G
               (the same run on a Cloud TPU VM or a SLURM cluster; the
-              --config.a.b=VALUE overrides go to it; see ctjax/launch/)
+              --config.a.b=VALUE overrides go to it; with --sweep NAME --storage
+              postgresql://..., a search's drivers on many TPU VMs or SLURM
+              nodes; see ctjax/launch/)
   ctjax sweep --config configs/NAME.py[:ARG] --sweep NAME --workdir DIR
               [--workers N] [--devices-per-trial D] [--storage URL] ...
               (a sweep's or an Optuna search's trials, one resumable run each in

@@ -256,3 +256,38 @@ def test_each_worker_gets_its_own_share_of_the_devices(monkeypatch):
   if run_pool.gpu_count() == 0 and len(os.sched_getaffinity(0)) >= 2:
     shares = run_pool.Pool(workers=2)._cpus  # pylint: disable=protected-access
     assert shares[0] and shares[1] and not shares[0] & shares[1]
+
+
+LIST_SWEEP_CONFIG = '''
+from ml_collections import ConfigDict
+
+def get_config(arg=None):
+  return ConfigDict({config!r})
+
+def get_sweeps(arg=None):
+  return {{"lr": [{{"optim.lr": 0.01}}, {{"optim.lr": 1e30}}]}}
+'''
+
+
+def test_a_failed_trial_is_reported_with_its_log_and_retried_when_asked(tmp_path):
+  """lr 1e30 diverges (the trainer stops with exit status 2, naming the step):
+  the driver says so with the end of the trial's log and exits 1; a rerun keeps
+  the finished trial and skips the failed one, unless --retry-failed."""
+  config = dict(run_util.MLP_CONFIG, train_duration=20, log_every=10)
+  path = tmp_path / "list_config.py"
+  path.write_text(LIST_SWEEP_CONFIG.format(config=config))
+  sweep, log = tmp_path / "sweep", tmp_path / "driver.txt"
+  arguments = ["--config", str(path), "--sweep", "lr", "--workdir", str(sweep)]
+  assert _wait(_driver(arguments, log), log) == 1
+  text = log.read_text()
+  assert "trial optim.lr=1e+30: failed (exit status 2)" in text, text[-3000:]
+  assert "the run diverged" in text  # The end of its log, shown.
+  failed, good = sweep / "trials" / "optim.lr=1e+30", sweep / "trials" / "optim.lr=0.01"
+  assert json.loads((failed / "trial.json").read_text())["status"] == "failed"
+  assert json.loads((good / "trial.json").read_text())["status"] == "finished"
+
+  assert _wait(_driver(arguments, log), log) == 1
+  assert "trial optim.lr=1e+30: failed before" in log.read_text()
+  assert _attempts(failed) == 1 and _attempts(good) == 1
+  assert _wait(_driver([*arguments, "--retry-failed"], log), log) == 1
+  assert _attempts(failed) == 2 and _attempts(good) == 1
