@@ -11,7 +11,7 @@ WORKDIR ?= runs/default
 NUMERIC_TESTS := tests/test_train.py tests/test_sharding.py tests/test_multiprocess.py \
 	tests/test_checkpoint.py tests/test_resume.py tests/test_models.py tests/test_optim.py \
 	tests/test_metrics.py tests/test_data_pipeline.py tests/test_hf.py tests/test_tasks.py \
-	tests/test_slices.py tests/test_evaluation.py
+	tests/test_slices.py tests/test_evaluation.py tests/test_population.py
 
 .PHONY: train test test-isa bench clean
 

@@ -32,8 +32,15 @@ ctjax/peft.py into a label per parameter and an (lr multiplier, wd multiplier) p
 label) wrap one such chain per label in `optax.multi_transform`, inside the
 global-norm clip so that clipping still sees the whole gradient. Frozen parameters
 are not the optimizer's at all: it is given only the parameters that train.
+
+Population mode (ctjax/population.py) trains many trials in one compiled step,
+`jax.vmap`ped over their hyperparameters, so there the learning rate, weight decay
+and warmup are traced arrays, one value per trial. `make_optimizer` and
+`make_schedule` take them as `hyperparameters`, which replace the config's values
+after those are checked; written with `jnp` where a value may be an array, the
+schedule computes the same float32 numbers for a Python value as for an array.
 """
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import math
 from typing import Any
 
@@ -46,6 +53,9 @@ from ctjax.errors import UserError
 
 OPTIMIZERS = ("sgd", "momentum", "adamw", "adafactor", "lion")
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "rsqrt")
+# What `hyperparameters` may replace: the peak lr, the weight decay, and the warmup
+# in steps (durations resolved by the caller).
+HYPERPARAMETERS = ("lr", "weight_decay", "warmup_steps")
 
 
 def _require(ok: bool, key: str, value: Any, problem: str) -> None:
@@ -75,8 +85,37 @@ def _learning_rate(optim_config) -> float:
   return lr
 
 
+def _check_hyperparameters(hyperparameters: Mapping[str, Any] | None
+                           ) -> Mapping[str, Any]:
+  unknown = set(hyperparameters or {}) - set(HYPERPARAMETERS)
+  if unknown:  # A caller's mistake, not a config's.
+    raise ValueError(f"hyperparameters {sorted(unknown)}: only "
+                     f"{', '.join(HYPERPARAMETERS)} may be given")
+  return hyperparameters or {}
+
+
+def _warmup_steps(schedule_config, *, global_batch_size: int,
+                  train_examples: int | None) -> int:
+  return durations.to_steps(
+      _get(schedule_config, "warmup", 0), key="optim.schedule.warmup",
+      global_batch_size=global_batch_size, train_examples=train_examples)
+
+
+def config_hyperparameters(optim_config, *, global_batch_size: int,
+                           train_examples: int | None) -> dict[str, float]:
+  """The config's values of HYPERPARAMETERS, as Python numbers (the warmup in
+  steps): what a population stacks, one per trial. Checked by `make_optimizer`."""
+  return {"lr": _learning_rate(optim_config),
+          "weight_decay": _get(optim_config, "weight_decay", 0.0),
+          "warmup_steps": _warmup_steps(_get(optim_config, "schedule", {}),
+                                        global_batch_size=global_batch_size,
+                                        train_examples=train_examples)}
+
+
 def make_schedule(optim_config, *, total_steps: int, global_batch_size: int,
-                  train_examples: int | None) -> optax.Schedule:
+                  train_examples: int | None,
+                  hyperparameters: Mapping[str, Any] | None = None
+                  ) -> optax.Schedule:
   """Returns step -> learning rate for `config.optim.schedule`.
 
   Every schedule warms up linearly from 0 at step 0 to `lr` at step `warmup`, then:
@@ -92,30 +131,37 @@ def make_schedule(optim_config, *, total_steps: int, global_batch_size: int,
     total_steps: the length of training, where the decaying schedules end.
     global_batch_size: to convert a warmup given in examples or epochs to steps.
     train_examples: the training split's size, for a warmup given in epochs.
+    hyperparameters: "lr" and "warmup_steps" to use instead of the config's
+      (which are still checked), as arrays: one trial's of a population.
 
   Returns:
     A jit-able function of the step (an int array) giving a float32 learning rate.
   """
+  hyperparameters = _check_hyperparameters(hyperparameters)
   lr = _learning_rate(optim_config)
   config = _get(optim_config, "schedule", {})
   name = _get(config, "name", "constant")
   _require(name in SCHEDULES, "optim.schedule.name", name,
            f"unknown schedule; choose one of {', '.join(SCHEDULES)}")
-  warmup = durations.to_steps(
-      _get(config, "warmup", 0), key="optim.schedule.warmup",
-      global_batch_size=global_batch_size, train_examples=train_examples)
+  warmup = _warmup_steps(config, global_batch_size=global_batch_size,
+                         train_examples=train_examples)
   _require(warmup <= total_steps, "optim.schedule.warmup", config.get("warmup"),
            f"warmup ({warmup} steps) is longer than training ({total_steps} steps); "
            "shorten it")
   end_fraction = _get(config, "end_fraction", 0.0)
   _require(0 <= end_fraction <= 1, "optim.schedule.end_fraction", end_fraction,
            "must be in [0, 1]: the final learning rate as a fraction of lr")
-  timescale = _get(config, "timescale", max(warmup, 1))
-  _require(timescale > 0, "optim.schedule.timescale", timescale, "must be positive")
+  timescale = config.get("timescale", None)
+  _require(timescale is None or timescale > 0, "optim.schedule.timescale", timescale,
+           "must be positive")
+  lr = hyperparameters.get("lr", lr)
+  warmup = hyperparameters.get("warmup_steps", warmup)
+  if timescale is None:
+    timescale = jnp.maximum(warmup, 1)
 
   def progress(step):
     """0 at the end of warmup, 1 at `total_steps`; max(..., 1) for warmup == total."""
-    return jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0.0, 1.0)
+    return jnp.clip((step - warmup) / jnp.maximum(total_steps - warmup, 1), 0.0, 1.0)
 
   # Each decay is 1 during warmup, so the schedule is simply warmup * decay.
   decay = {
@@ -130,7 +176,9 @@ def make_schedule(optim_config, *, total_steps: int, global_batch_size: int,
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
-    ramp = jnp.minimum(step / warmup, 1.0) if warmup else 1.0
+    # Without warmup the ramp is 1 (a `where`, as `warmup` may be an array).
+    ramp = jnp.where(warmup > 0, jnp.minimum(step / jnp.maximum(warmup, 1), 1.0),
+                     1.0)
     return jnp.asarray(lr * ramp * decay(step), jnp.float32)
 
   return schedule
@@ -172,15 +220,21 @@ def _direction(config) -> optax.GradientTransformation:
 
 
 def _chain(config, learning_rate: Callable[[jax.Array], jax.Array],
-           weight_decay: float) -> optax.GradientTransformation:
-  """direction -> decoupled weight decay -> -learning_rate, for one set of params."""
-  decay = (optax.add_decayed_weights(weight_decay, mask=weight_decay_mask)
-           if weight_decay else optax.identity())
+           weight_decay: float | jax.Array) -> optax.GradientTransformation:
+  """direction -> decoupled weight decay -> -learning_rate, for one set of params.
+
+  A weight decay given as an array (a population's trials, some of which may have
+  0) always decays, so that every trial's optimizer state has the same structure;
+  adding 0 * param changes no update.
+  """
+  no_decay = isinstance(weight_decay, (int, float)) and weight_decay == 0
+  decay = (optax.identity() if no_decay else
+           optax.add_decayed_weights(weight_decay, mask=weight_decay_mask))
   return optax.chain(_direction(config), decay,
                      optax.scale_by_learning_rate(learning_rate))
 
 
-def _grouped(config, schedule: optax.Schedule, weight_decay: float,
+def _grouped(config, schedule: optax.Schedule, weight_decay: float | jax.Array,
              groups: tuple[Callable[[Any], Any], dict[str, tuple[float, float]]]
              ) -> optax.GradientTransformation:
   """One chain per label, its lr and weight decay multiplied by the label's pair."""
@@ -203,6 +257,7 @@ def make_optimizer(
     optim_config, *, total_steps: int, global_batch_size: int,
     train_examples: int | None,
     groups: tuple[Callable[[Any], Any], dict[str, tuple[float, float]]] | None = None,
+    hyperparameters: Mapping[str, Any] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Builds the optimizer for `config.optim` and returns it with its schedule.
 
@@ -213,18 +268,24 @@ def make_optimizer(
     train_examples: the training split's size, for durations in epochs.
     groups: (params -> tree of labels, label -> (lr_mult, wd_mult)), from
       `peft.Plan.labels_and_multipliers`; None: one group, multipliers 1.
+    hyperparameters: any of HYPERPARAMETERS, to use instead of the config's
+      values (which are still checked): one trial's traced values in population
+      mode (ctjax/population.py).
 
   Returns:
     (optimizer, schedule): the optimizer clips the gradient's global norm, then
     applies the chain described in the module docstring; the schedule gives the
     learning rate at a step, for logging.
   """
+  hyperparameters = _check_hyperparameters(hyperparameters)
   schedule = make_schedule(optim_config, total_steps=total_steps,
                            global_batch_size=global_batch_size,
-                           train_examples=train_examples)
+                           train_examples=train_examples,
+                           hyperparameters=hyperparameters)
   weight_decay = _get(optim_config, "weight_decay", 0.0)
   _require(weight_decay >= 0, "optim.weight_decay", weight_decay,
            "cannot be negative; 0 disables weight decay")
+  weight_decay = hyperparameters.get("weight_decay", weight_decay)
   clip_norm = _get(optim_config, "clip_norm", 0.0)
   _require(clip_norm >= 0, "optim.clip_norm", clip_norm,
            "cannot be negative; 0 or None disables clipping")

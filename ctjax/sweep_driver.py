@@ -218,13 +218,15 @@ class _Driver:
     print(f"trial {run.name}: started, log "
           f"{os.path.join(run.run_dir, run_pool.LOG_FILE)}", flush=True)
 
-  def outcome(self, run: run_pool.Run, exit_status: int) -> dict[str, Any]:
-    """Records how a run ended in its trial.json and returns that record."""
+  def outcome(self, run: run_pool.Run, exit_status: int, failure: str = ""
+              ) -> dict[str, Any]:
+    """Records how a run ended (its exit status, or `failure` saying why it
+    failed) in its trial.json, and returns that record."""
     run_dir, record = run.run_dir, read_trial(run.run_dir)
     metrics = cv.final_metrics(run_dir) if exit_status == 0 else None
     last = (writers.read_metrics(run_dir) or [{}])[-1]
-    if exit_status != 0:
-      status, why = "failed", f"exit status {exit_status}"
+    if exit_status != 0 or failure:
+      status, why = "failed", failure or f"exit status {exit_status}"
     elif metrics is not None:
       status, why = "finished", ""
     elif last.get(search_lib.PRUNED_METRIC):
@@ -342,6 +344,12 @@ class _List(_Driver):
     self.metric, self.mode = _ranking(args, config_lib.load_config(
         args.config, overrides), trials)
 
+  def _todo(self) -> list[str]:
+    """The trials to run: not finished or pruned, nor failed (unless retried)."""
+    return [n for n, s in self.status.items()
+            if s in ("pending", "stopped", "running")
+            or (s == "failed" and self.args.retry_failed)]
+
   def run(self, pool: run_pool.Pool) -> None:
     for name, status in self.status.items():
       if status in ("finished", "pruned"):
@@ -351,21 +359,25 @@ class _List(_Driver):
         print(f"trial {name}: failed before ({why}); "
               f"{'retrying' if self.args.retry_failed else 'skipped (--retry-failed runs it again)'}",
               flush=True)
-    todo = [n for n, s in self.status.items()
-            if s in ("pending", "stopped", "running")
-            or (s == "failed" and self.args.retry_failed)]
+    todo = self._todo()
     self.serve(pool, lambda: self.make_run(todo.pop(0)) if todo else None,
                self.outcome, lambda: len(self.trials), self.metric, self.mode)
 
   def train_population(self, base) -> None:
+    """The trials not yet done, trained together in this process (SIGTERM saves
+    them all); a trial that diverged is failed, the others go on."""
     from ctjax import population  # pylint: disable=g-import-not-at-top
-    names = list(self.trials)
+    names = self._todo()
+    if not names:
+      return
     started = time.monotonic()
-    population.train_population(base, [self.trials[n] for n in names],
-                                [self._dir(n) for n in names])
-    for name in names:
+    results = population.train_population(base, [self.trials[n] for n in names],
+                                          [self._dir(n) for n in names])
+    stopped = not any(results)  # By SIGTERM: every trial saved, none finished.
+    for name, result in zip(names, results):
       run = run_pool.Run(name, [], self._dir(name), started=started)
-      self.outcome(run, 0)
+      self.outcome(run, 0, failure="" if result or stopped else
+                   "diverged: the population's output names the step")
 
 
 class _Search(_Driver):
