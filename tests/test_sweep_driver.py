@@ -1,6 +1,6 @@
 """The sweep driver (ctjax/sweep_driver.py), run as a user runs it.
 
-- The default config's "lr" sweep with 2 workers: the driver is killed outright
+- The default config's "width" sweep with 2 workers: the driver is killed outright
   while trials run; its trials save checkpoints as they die with it, and the same
   command then skips the finished trials, resumes the others from their
   checkpoints, and writes the table and plots.
@@ -58,6 +58,18 @@ def _until(condition, process: subprocess.Popen, log: pathlib.Path) -> None:
     time.sleep(0.2)
 
 
+def _processes_in(folder: pathlib.Path) -> list[int]:
+  """The processes whose command line names `folder` (the trials of a sweep)."""
+  pids = []
+  for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+    try:
+      if str(folder).encode() in cmdline.read_bytes():
+        pids.append(int(cmdline.parent.name))
+    except OSError:  # It ended meanwhile.
+      pass
+  return pids
+
+
 def _attempts(run_dir: pathlib.Path) -> int:
   return sum(line.startswith("=== ") for line in
              (run_dir / "log.txt").read_text().splitlines())
@@ -65,10 +77,10 @@ def _attempts(run_dir: pathlib.Path) -> int:
 
 def test_default_sweep_resumes_after_the_driver_is_killed(tmp_path):
   sweep = tmp_path / "sweep"
-  arguments = ["--config", "configs/default.py:steps=160", "--sweep", "lr",
+  arguments = ["--config", "configs/default.py:steps=100", "--sweep", "width",
                "--workers", "2", "--workdir", str(sweep),
-               "--config.eval_every=80", "--config.log_every=40",
-               "--config.checkpoint.every=40"]
+               "--config.eval_every=50", "--config.log_every=25",
+               "--config.checkpoint.every=25"]
   log = tmp_path / "driver.txt"
   driver = _driver(arguments, log)
   checkpoints = lambda: [p for p in sweep.glob("trials/*/checkpoints/*")
@@ -76,21 +88,18 @@ def test_default_sweep_resumes_after_the_driver_is_killed(tmp_path):
   _until(lambda: checkpoints(), driver, log)
   driver.kill()  # SIGKILL: the driver cannot pass anything on to its trials.
   driver.wait()
-  # Its trials got SIGTERM from the kernel as it died, and saved.
-  time.sleep(1)
-  interrupted = {p.parent.parent for p in checkpoints()}
-  deadline = time.monotonic() + 120
-  while any((d / "log.txt").exists() and "checkpoint of step" not in
-            (d / "log.txt").read_text() and "SIGTERM" not in (d / "log.txt").read_text()
-            for d in interrupted) and time.monotonic() < deadline:
-    time.sleep(0.5)  # Until each says it saved (or finished).
+  # Its trials got SIGTERM from the kernel as it died: wait until they have
+  # saved and exited, as a user rerunning the command after a crash would find.
+  deadline = time.monotonic() + run_util.TIMEOUT_S
+  while _processes_in(sweep) and time.monotonic() < deadline:
+    time.sleep(0.2)
 
   status = _wait(_driver(arguments, log), log)
   text = log.read_text()
   assert status == 0, text[-3000:]
   trials = sorted((sweep / "trials").iterdir())
-  assert [t.name for t in trials] == ["optim.lr=0.001", "optim.lr=0.003",
-                                      "optim.lr=0.01"]
+  assert [t.name for t in trials] == ["model.widths=_16,_32_,optim.lr=0.003",
+                                      "model.widths=_32,_64_,optim.lr=0.003"]
   resumed = [t for t in trials if _attempts(t) == 2]
   assert resumed, text[-3000:]
   for trial in resumed:  # Resumed from its checkpoint, not from scratch.
@@ -105,9 +114,8 @@ def test_default_sweep_resumes_after_the_driver_is_killed(tmp_path):
   assert sorted(r["trial"] for r in rows) == [t.name for t in trials]
   best = max(rows, key=lambda r: float(r["best validation/accuracy"]))
   assert rows[0] == best  # Best first.
-  assert (sweep / "plots" / "metric_vs_optim.lr.png").stat().st_size > 1000
   assert (sweep / "plots" / "learning_curves.png").stat().st_size > 1000
-  assert "trials: 3 finished" in text
+  assert "trials: 2 finished" in text
 
 
 PRUNED_SWEEP_CONFIG = '''
@@ -201,7 +209,7 @@ def get_config(arg=None):
 def get_sweeps(arg=None):
   return {{"lr": search.Search(
       space={{"optim.lr": search.log_uniform(1e-3, 1e-1)}},
-      objectives={{"validation/accuracy": "max"}}, sampler="random", trials=3)}}
+      objectives={{"validation/accuracy": "max"}}, sampler="random", trials=2)}}
 '''
 
 
@@ -217,14 +225,17 @@ def test_two_drivers_share_a_postgres_study_and_retry_a_killed_ones_trial(tmp_pa
   sweep = tmp_path / "sweep"  # Shared by both drivers, as on shared storage.
   with postgres_server.running(tmp_path) as url:
     arguments = ["--config", str(path), "--sweep", "lr", "--workdir", str(sweep),
-                 "--storage", url, "--study", "shared", "--heartbeat-s", "1"]
+                 "--storage", url, "--study", "shared", "--heartbeat-s", "2"]
+    # (A trial is failed 6 s after its driver's last heartbeat: the killed
+    # driver's trial, which gets SIGTERM as its driver dies, has saved and
+    # exited by then, as on a machine that is gone.)
     log_a, log_b = tmp_path / "a.txt", tmp_path / "b.txt"
     driver_a = _driver(arguments, log_a)
     checkpoints = lambda: [p for p in sweep.glob("trials/*/checkpoints/*")
                            if p.name.isdigit()]
     _until(lambda: checkpoints(), driver_a, log_a)
     killed_dir = checkpoints()[0].parent.parent
-    driver_b = _driver(arguments, log_b)
+    driver_b = _driver([*arguments, "--workers", "2"], log_b)
     driver_a.kill()
     driver_a.wait()
     assert _wait(driver_b, log_b) == 0, log_b.read_text()[-3000:]
@@ -233,9 +244,9 @@ def test_two_drivers_share_a_postgres_study_and_retry_a_killed_ones_trial(tmp_pa
   for trial in trials:
     by_state.setdefault(trial.state.name, []).append(trial)
   complete = by_state.get("COMPLETE", [])
-  assert len(complete) == 3, [(t.number, t.state, t.params) for t in trials]
+  assert len(complete) == 2, [(t.number, t.state, t.params) for t in trials]
   names = [t.user_attrs["name"] for t in complete]
-  assert len(set(names)) == 3  # No trial trained twice.
+  assert len(set(names)) == 2  # No trial trained twice.
   failed = by_state.get("FAIL", [])
   assert [t.user_attrs["name"] for t in failed] == [killed_dir.name]
   # The retry took the killed trial's values, in its folder, from its checkpoint.
@@ -265,14 +276,14 @@ def get_config(arg=None):
   return ConfigDict({config!r})
 
 def get_sweeps(arg=None):
-  return {{"lr": [{{"optim.lr": 0.01}}, {{"optim.lr": 1e30}}]}}
+  return {{"lr": [{{"optim.lr": 1e30}}]}}
 '''
 
 
 def test_a_failed_trial_is_reported_with_its_log_and_retried_when_asked(tmp_path):
   """lr 1e30 diverges (the trainer stops with exit status 2, naming the step):
-  the driver says so with the end of the trial's log and exits 1; a rerun keeps
-  the finished trial and skips the failed one, unless --retry-failed."""
+  the driver says so with the end of the trial's log and exits 1; a rerun skips
+  the failed trial, unless --retry-failed."""
   config = dict(run_util.MLP_CONFIG, train_duration=20, log_every=10)
   path = tmp_path / "list_config.py"
   path.write_text(LIST_SWEEP_CONFIG.format(config=config))
@@ -282,12 +293,11 @@ def test_a_failed_trial_is_reported_with_its_log_and_retried_when_asked(tmp_path
   text = log.read_text()
   assert "trial optim.lr=1e+30: failed (exit status 2)" in text, text[-3000:]
   assert "the run diverged" in text  # The end of its log, shown.
-  failed, good = sweep / "trials" / "optim.lr=1e+30", sweep / "trials" / "optim.lr=0.01"
+  failed = sweep / "trials" / "optim.lr=1e+30"
   assert json.loads((failed / "trial.json").read_text())["status"] == "failed"
-  assert json.loads((good / "trial.json").read_text())["status"] == "finished"
 
   assert _wait(_driver(arguments, log), log) == 1
   assert "trial optim.lr=1e+30: failed before" in log.read_text()
-  assert _attempts(failed) == 1 and _attempts(good) == 1
+  assert _attempts(failed) == 1
   assert _wait(_driver([*arguments, "--retry-failed"], log), log) == 1
-  assert _attempts(failed) == 2 and _attempts(good) == 1
+  assert _attempts(failed) == 2
