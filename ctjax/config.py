@@ -127,6 +127,9 @@ def base_config() -> ConfigDict:
   # Set it above the longest step, evaluation batch or checkpoint write; 0 is off.
   # See ctjax/watchdog.py.
   c.watchdog_minutes = 0.0
+  # The device's peak FLOP/s, for the MFU in the log; 0 takes it from the table of
+  # known chips in ctjax/throughput.py (no MFU where neither knows it: CPUs).
+  c.peak_flops = 0.0
   return c
 
 

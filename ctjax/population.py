@@ -77,6 +77,7 @@ from ctjax import runs
 from ctjax import sharding
 from ctjax import sweeps
 from ctjax import tasks
+from ctjax import throughput
 from ctjax import train as train_lib
 from ctjax import watchdog
 from ctjax import writers
@@ -410,6 +411,13 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
         donate_argnums=0), mesh, stacked_abstract, zero_sums)
     first_program = train_step.compile(first_batch)
   info("population step memory:\n" + _memory_report(first_program))
+  # Each trial's share of the step's FLOPs, for the throughput and MFU each trial
+  # logs at the population's step rate, as train.py logs a lone run's.
+  step_flops = throughput.compiled_flops(first_program)
+  step_flops = step_flops / len(population) if step_flops else None
+  peak = throughput.peak_flops(jax.devices()[0].device_kind, config.peak_flops)
+  tokens_per_step = throughput.tokens_per_step(first_batches[seeds[0]]["inputs"],
+                                               config.batch_size)
 
   # --- 7. The loop. ----------------------------------------------------------------
   for trial in population:
@@ -511,6 +519,8 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
           scalars["train/lr"] = float(trial.lr_schedule(step - 1))
           scalars["train/steps_per_s"] = steps_per_s
           scalars["train/examples_per_s"] = steps_per_s * config.batch_size
+          scalars.update(throughput.scalars(step_flops, steps_per_s, peak,
+                                            tokens_per_step))
           trial.writer.write(step, scalars)
           info(f"step {step}/{sched.total_steps} {trial.name}  "
                f"{writers.format_scalars(scalars)}")

@@ -37,6 +37,7 @@ from ctjax import runs
 from ctjax import search
 from ctjax import sharding
 from ctjax import tasks
+from ctjax import throughput
 from ctjax import watchdog
 from ctjax import writers
 from ctjax.data import ops
@@ -376,6 +377,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                           out_shardings=state_sh)
     first_program = train_step.compile(first_batch)
   info("train step memory:\n" + _memory_report(first_program))
+  # What a step computes, for the throughput and MFU in the log: one device's
+  # FLOPs per step, counted by XLA in the compiled program (ctjax/throughput.py;
+  # with length buckets, the first bucket's).
+  step_flops = throughput.compiled_flops(first_program)
+  peak = throughput.peak_flops(jax.devices()[0].device_kind, config.peak_flops)
+  tokens_per_step = throughput.tokens_per_step(first_batch["inputs"],
+                                               config.batch_size)
+  if step_flops:
+    info(f"train step: {step_flops / 1e9:,.4g} GFLOP per device; " + (
+        f"peak {peak / 1e12:,.4g} TFLOP/s per device" if peak else
+        "no peak FLOP/s known for this device: set config.peak_flops for MFU"))
 
   # --- 6. Restore or initialise. --------------------------------------------------
   manager = checkpoint.make_manager(os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -467,6 +479,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         scalars["train/lr"] = float(lr_schedule(step - 1))
         scalars["train/steps_per_s"] = steps_per_s
         scalars["train/examples_per_s"] = steps_per_s * config.batch_size
+        scalars.update(throughput.scalars(step_flops, steps_per_s, peak,
+                                          tokens_per_step))
         writer.write(step, scalars)
         eta = (sched.total_steps - step) / max(steps_per_s, 1e-9)
         info(f"step {step}/{sched.total_steps}  {writers.format_scalars(scalars)}  "
