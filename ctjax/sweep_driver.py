@@ -129,7 +129,7 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
       "sweep": definition.describe() if is_search else definition,
       "config": json.loads(config_lib.to_json(base))})
   driver = (_Search(args, overrides, definition) if is_search else
-            _List(args, overrides, definition))
+            _List(args, overrides, definition, (metric, mode)))
   try:
     if not args.report:
       if args.population:
@@ -337,12 +337,12 @@ class _Driver:
 class _List(_Driver):
   """A list of trials, each run once it is neither finished nor failed."""
 
-  def __init__(self, args, overrides, trials: list[dict[str, Any]]):
+  def __init__(self, args, overrides, trials: list[dict[str, Any]],
+               ranking: tuple[str, str]):
     super().__init__(args, overrides)
     for trial in trials:
       self.add(trial)
-    self.metric, self.mode = _ranking(args, config_lib.load_config(
-        args.config, overrides), trials)
+    self.metric, self.mode = ranking  # For the progress line's best so far.
 
   def _todo(self) -> list[str]:
     """The trials to run: not finished or pruned, nor failed (unless retried)."""
