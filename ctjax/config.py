@@ -130,6 +130,10 @@ def base_config() -> ConfigDict:
   # The device's peak FLOP/s, for the MFU in the log; 0 takes it from the table of
   # known chips in ctjax/throughput.py (no MFU where neither knows it: CPUs).
   c.peak_flops = 0.0
+  # A jax.profiler trace of `steps` train steps from `start_step` (after
+  # compilation and warm-up), in WORKDIR/profile with a summary of where the time
+  # went (ctjax/profiling.py); 0 steps: none.
+  c.profile = ConfigDict({"start_step": 10, "steps": 0})
   return c
 
 

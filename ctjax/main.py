@@ -13,6 +13,11 @@
            [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
               (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
               a table of them in DIR/cv.md and cv.csv; see ctjax/cv.py)
+  ctjax compile --config configs/NAME.py[:ARG] --topology v5e-256|v4-32|h100x8|...
+              [--json OUT] [--config.a.b=VALUE ...]
+              (the train step compiled ahead of time for that machine, here:
+              per-device memory against the chip's, FLOPs; exit status 2 when it
+              does not fit; see ctjax/aot.py)
   ctjax launch tpu --name N --zone Z --type v5litepod-16 --config ... --workdir gs://...
   ctjax launch slurm --config ... --workdir DIR --nodes N --gpus-per-node G
               (the same run on a Cloud TPU VM or a SLURM cluster; the
@@ -72,6 +77,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="jsonl (default), or csv for predictions.csv too")
   evaluate.add_argument("--verbose", action="store_true",
                         help="on an error, print the full traceback too")
+  from ctjax import aot  # pylint: disable=g-import-not-at-top
+  aot.add_arguments(commands.add_parser(
+      "compile", help="compile the train step for a TPU slice or GPUs; will it fit?"))
   from ctjax import cv  # pylint: disable=g-import-not-at-top
   cv.add_arguments(commands.add_parser(
       "cv", help="k-fold cross-validation: a run per fold, and a table of them"))
@@ -130,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "sweep":  # Each trial is a `ctjax train` process too.
       from ctjax import sweep_driver  # pylint: disable=g-import-not-at-top
       sys.exit(sweep_driver.run_sweep(args, overrides))
+    if args.command == "compile":  # For a target elsewhere: no distributed setup.
+      from ctjax import aot  # pylint: disable=g-import-not-at-top
+      sys.exit(aot.compile_command(args, overrides))
     if args.command == "launch":  # gcloud or sbatch here; training on the target.
       from ctjax import launch  # pylint: disable=g-import-not-at-top
       sys.exit(launch.launch(args, overrides))

@@ -89,7 +89,7 @@ from ctjax.errors import UserError
 info = writers.info
 # The trainer's own helpers, so that durations, the memory report and preemption
 # behave as in a lone run. pylint: disable=protected-access
-_resolve_schedule = train_lib._resolve_schedule
+resolve_schedule = train_lib.resolve_schedule
 _memory_report = train_lib._memory_report
 _Preemption = train_lib._Preemption
 # pylint: enable=protected-access
@@ -237,7 +237,7 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
       with open(os.path.join(trial.workdir, "splits.json"), "w") as f:
         json.dump(splits_lib.describe(config.data, splits), f, indent=2)
   train_source = splits["train"]
-  sched = _resolve_schedule(config, len(train_source))
+  sched = resolve_schedule(config, len(train_source))
   shared_batch = len(set(seeds)) == 1
   if not shared_batch and getattr(train_source, "length_buckets", None):
     raise UserError(f"config.data.length_buckets={config.data.length_buckets!r}: "
@@ -411,13 +411,13 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
         donate_argnums=0), mesh, stacked_abstract, zero_sums)
     first_program = train_step.compile(first_batch)
   info("population step memory:\n" + _memory_report(first_program))
-  # Each trial's share of the step's FLOPs, for the throughput and MFU each trial
-  # logs at the population's step rate, as train.py logs a lone run's.
-  step_flops = throughput.compiled_flops(first_program)
-  step_flops = step_flops / len(population) if step_flops else None
+  # One trial's model FLOPs per step and device, for the throughput and MFU each
+  # trial logs at the population's step rate, as train.py logs a lone run's.
+  inputs = first_batches[seeds[0]]["inputs"]
+  step_flops = throughput.train_step_flops(model, jax.ShapeDtypeStruct(
+      (config.batch_size, *inputs.shape[1:]), inputs.dtype)) / jax.device_count()
   peak = throughput.peak_flops(jax.devices()[0].device_kind, config.peak_flops)
-  tokens_per_step = throughput.tokens_per_step(first_batches[seeds[0]]["inputs"],
-                                               config.batch_size)
+  tokens_per_step = throughput.tokens_per_step(inputs, config.batch_size)
 
   # --- 7. The loop. ----------------------------------------------------------------
   for trial in population:

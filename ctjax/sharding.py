@@ -17,13 +17,16 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
-def make_mesh(mesh_config: Any) -> Mesh:
-  """The mesh from config sizes; -1 takes the devices left over."""
+def make_mesh(mesh_config: Any, devices: list[Any] | None = None) -> Mesh:
+  """The mesh from config sizes over `devices` (default: all of this run's);
+  -1 takes the devices left over."""
+  count = len(devices) if devices is not None else jax.device_count()
   sizes = [mesh_config[a] for a in MESH_AXES]
   fixed = int(np.prod([s for s in sizes if s > 0]))
-  sizes = [jax.device_count() // fixed if s == -1 else s for s in sizes]
+  sizes = [count // fixed if s == -1 else s for s in sizes]
   return jax.make_mesh(tuple(sizes), MESH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
 
 
 def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -32,6 +32,7 @@ from ctjax import hf
 from ctjax import models
 from ctjax import optim
 from ctjax import peft
+from ctjax import profiling
 from ctjax import report
 from ctjax import runs
 from ctjax import search
@@ -56,7 +57,7 @@ class Schedule:
   checkpoint_every: int
 
 
-def _resolve_schedule(config: ml_collections.ConfigDict, train_examples: int) -> Schedule:
+def resolve_schedule(config: ml_collections.ConfigDict, train_examples: int) -> Schedule:
   to_steps = functools.partial(durations.to_steps, global_batch_size=config.batch_size,
                                train_examples=train_examples)
   total = to_steps(config.train_duration, key="train_duration")
@@ -139,11 +140,75 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """Steps 4 and 5 of `train` before any array exists: shapes, shardings and the
+  jitted step. `train` initialises and runs it; `ctjax compile` (ctjax/aot.py)
+  compiles it for a machine it is not running on."""
+  transfer: peft.Plan          # what trains: config.optim.groups, layer_decay, lora
+  lr_schedule: optax.Schedule
+  init_state: Callable[[jax.Array], Any]  # rng -> state, params logically boxed
+  abstract_state: Any          # ShapeDtypeStructs carrying their shardings
+  state_shardings: Any
+  full_opt_state: Any          # the optimizer state were every parameter trained
+  metric_sums: "MetricSums"
+  step: Any                    # jitted (state, batch, sums) -> (state, sums)
+
+
+def make_train_program(config: ml_collections.ConfigDict, model: nn.Module,
+                       task: Any, mesh: jax.sharding.Mesh, rules: Any,
+                       example_inputs: Any, *, total_steps: int,
+                       train_examples: int | None) -> TrainProgram:
+  """The state's layout over `mesh` and the sharded train step for `model`.
+
+  `example_inputs` is one example's inputs with a leading batch axis of 1 (an
+  array or a ShapeDtypeStruct); nothing is computed, only traced.
+  """
+  init_params = lambda rng: model.init({"params": rng}, example_inputs,
+                                       train=False)["params"]
+  rng = jax.random.PRNGKey(config.seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed_params = jax.eval_shape(init_params, rng)
+  transfer = peft.make_plan(config, boxed_params)
+  make_optimizer = functools.partial(
+      optim.make_optimizer, config.optim, total_steps=total_steps,
+      global_batch_size=config.batch_size, train_examples=train_examples)
+  tx, lr_schedule = make_optimizer(groups=transfer.labels_and_multipliers())
+
+  def init_state(rng):
+    params, frozen = transfer.split(init_params(rng), jax.random.fold_in(rng, 2))
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "frozen": frozen,
+            "opt_state": tx.init(params), "rng": jax.random.fold_in(rng, 1)}
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init_state, rng)
+  abstract_state, state_sh = sharding.abstract_state(boxed, mesh, rules)
+  step_fn = make_train_step(model, tx, config.grad_accum_steps,
+                            transfer.model_params, task.per_example_loss)
+  metric_sums = MetricSums()
+
+  def step_with_sums(state, batch, sums):
+    state, metrics = step_fn(state, batch)
+    return state, metric_sums.add(sums, metrics)
+
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(
+      step_with_sums,
+      in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), replicated),
+      out_shardings=(state_sh, replicated), donate_argnums=0)
+  return TrainProgram(
+      transfer=transfer, lr_schedule=lr_schedule, init_state=init_state,
+      abstract_state=abstract_state, state_shardings=state_sh,
+      full_opt_state=jax.eval_shape(make_optimizer()[0].init,
+                                    nn.meta.unbox(boxed_params)),
+      metric_sums=metric_sums, step=step)
+
+
 def _abstract_batch(batch: dict[str, Any], mesh) -> dict[str, Any]:
-  """Global shapes and shardings of a batch: a global one (jax.Arrays), or one
-  process's share (NumPy)."""
+  """Global shapes and shardings of a batch: a global one (jax.Arrays, or their
+  ShapeDtypeStructs), or one process's share (NumPy)."""
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
-          if isinstance(v, jax.Array) else
+          if isinstance(v, (jax.Array, jax.ShapeDtypeStruct)) else
           jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]),
                                v.dtype, sharding=sharding.batch_sharding(mesh, v.ndim))
           for k, v in batch.items()}
@@ -300,7 +365,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     with open(os.path.join(workdir, "splits.json"), "w") as f:
       json.dump(splits_lib.describe(config.data, splits), f, indent=2)
   train_source = splits["train"]
-  sched = _resolve_schedule(config, len(train_source))
+  sched = resolve_schedule(config, len(train_source))
   preprocess = ops.compose(config.data.get("preprocess"))
   # Texts of similar lengths share training batches (config.data.group_by_length).
   loaders = {name: pipeline.BatchLoader(
@@ -320,31 +385,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                            first_batch["inputs"].dtype)
   if jax.process_index() == 0:  # `ctjax export` and `eval` rebuild the model.
     runs.write_model_inputs(workdir, dummy_inputs)
-  init_params = lambda rng: model.init({"params": rng}, dummy_inputs,
-                                       train=False)["params"]
-  root_rng = jax.random.PRNGKey(config.seed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed_params = jax.eval_shape(init_params, root_rng)
-  # What trains, how fast, and LoRA (config.optim.groups, layer_decay, lora).
-  transfer = peft.make_plan(config, boxed_params)
-  make_optimizer = functools.partial(
-      optim.make_optimizer, config.optim, total_steps=sched.total_steps,
-      global_batch_size=config.batch_size, train_examples=len(train_source))
-  tx, lr_schedule = make_optimizer(groups=transfer.labels_and_multipliers())
-
-  def init_state(rng):
-    params, frozen = transfer.split(init_params(rng), jax.random.fold_in(rng, 2))
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "frozen": frozen,
-            "opt_state": tx.init(params), "rng": jax.random.fold_in(rng, 1)}
-
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_state, root_rng)
-  abstract_state, state_sh = sharding.abstract_state(boxed, mesh, rules)
+  program = make_train_program(config, model, task, mesh, rules, dummy_inputs,
+                               total_steps=sched.total_steps,
+                               train_examples=len(train_source))
+  transfer, metric_sums = program.transfer, program.metric_sums
+  abstract_state, state_sh = program.abstract_state, program.state_shardings
   info("parameters:\n" + sharding.describe_params(abstract_state["params"],
                                                   state_sh["params"]))
   info(transfer.describe() + "\n" + peft.describe_optimizer_memory(
-      abstract_state["opt_state"],
-      jax.eval_shape(make_optimizer()[0].init, nn.meta.unbox(boxed_params))))
+      abstract_state["opt_state"], program.full_opt_state))
   # The task's metrics on whole splits, linear probes, few-shot, ...
   # (config.evaluators): checked now, run in the loop below.
   scheduled_evaluators = evaluators_lib.make_evaluators(
@@ -357,35 +406,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
   # --- 5. Train and eval steps, compiled ahead of time. -------------------------
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_fn = make_train_step(model, tx, config.grad_accum_steps,
-                            transfer.model_params, task.per_example_loss)
-  metric_sums = MetricSums()
-
-  def step_with_sums(state, batch, sums):
-    state, metrics = step_fn(state, batch)
-    return state, metric_sums.add(sums, metrics)
-
+  root_rng = jax.random.PRNGKey(config.seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     zero_sums = jax.jit(metric_sums.zeros, out_shardings=replicated)()
     # The sums are not donated: every log interval starts from these same zeros.
-    train_step = CompiledPerShape(jax.jit(
-        step_with_sums,
-        in_shardings=(state_sh, sharding.batch_sharding(mesh, 1), replicated),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=0), mesh, abstract_state, zero_sums)
-    fresh_state = jax.jit(lambda r: nn.meta.unbox(init_state(r)),
+    train_step = CompiledPerShape(program.step, mesh, abstract_state, zero_sums)
+    fresh_state = jax.jit(lambda r: nn.meta.unbox(program.init_state(r)),
                           out_shardings=state_sh)
     first_program = train_step.compile(first_batch)
   info("train step memory:\n" + _memory_report(first_program))
-  # What a step computes, for the throughput and MFU in the log: one device's
-  # FLOPs per step, counted by XLA in the compiled program (ctjax/throughput.py;
-  # with length buckets, the first bucket's).
-  step_flops = throughput.compiled_flops(first_program)
+  # What a step computes, for the throughput and MFU in the log: the model's
+  # FLOPs for the global batch, each device's share (ctjax/throughput.py; with
+  # length buckets, the first batch's length).
+  step_flops = throughput.train_step_flops(model, jax.ShapeDtypeStruct(
+      (config.batch_size, *first_batch["inputs"].shape[1:]),
+      first_batch["inputs"].dtype)) / jax.device_count()
   peak = throughput.peak_flops(jax.devices()[0].device_kind, config.peak_flops)
   tokens_per_step = throughput.tokens_per_step(first_batch["inputs"],
                                                config.batch_size)
   if step_flops:
-    info(f"train step: {step_flops / 1e9:,.4g} GFLOP per device; " + (
+    info(f"train step: {step_flops / 1e9:,.4g} model GFLOP per device; " + (
         f"peak {peak / 1e12:,.4g} TFLOP/s per device" if peak else
         "no peak FLOP/s known for this device: set config.peak_flops for MFU"))
 
@@ -417,7 +457,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # instead of ~300 us for assembling jax.Arrays in Python, which matters when a
   # step takes a millisecond (small models on accelerators). Dispatch runs ahead
   # of the devices, so the copy still overlaps the previous step.
-  lr_schedule(start_step)  # Its eager ops compile now, not inside a timed interval.
+  # The schedule's eager ops compile now, not inside a timed interval.
+  program.lr_schedule(start_step)
   tick, tick_step = time.perf_counter(), start_step
   last_save_time, time_to_save = time.monotonic(), False
   # XLA's CPU runtime deadlocks with many queued programs that hold collectives
@@ -460,15 +501,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   hang_watchdog = watchdog.Watchdog(config.watchdog_minutes)
   # In a hyperparameter search, the search's pruner may stop this trial early.
   pruning = search.trial_pruning()
+  trace = profiling.StepTrace(config.profile, os.path.join(workdir, "profile"))
   try:
     hang_watchdog.start()
     step = start_step
     for step in range(start_step + 1, sched.total_steps + 1):
+      trace.before_step(step)
       previous_sums = sums
       state, sums = train_step(state, next(batches), sums)
       hang_watchdog.step_finished()
       if wait_each_step:  # A wait for the previous step, not a fetch.
         jax.block_until_ready(previous_sums)
+      if summary := trace.after_step(step, state):
+        info(f"profile of steps {trace.first}..{step}:\n{summary}")
 
       if sched.log_every and step % sched.log_every == 0 or step == sched.total_steps:
         totals = metric_sums.read(sums, first_step=tick_step)
@@ -476,7 +521,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         steps_per_s = (step - tick_step) / (now - tick)
         scalars = {f"train/{k}": totals[k] / totals["steps"]
                    for k in metric_sums.names}
-        scalars["train/lr"] = float(lr_schedule(step - 1))
+        scalars["train/lr"] = float(program.lr_schedule(step - 1))
         scalars["train/steps_per_s"] = steps_per_s
         scalars["train/examples_per_s"] = steps_per_s * config.batch_size
         scalars.update(throughput.scalars(step_flops, steps_per_s, peak,
@@ -536,6 +581,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
            f"{checkpoint.step_bytes(manager, step):,} bytes on disk")
     return final
   finally:
+    trace.close()
     preemption.restore()
     writer.close()
     manager.close()

@@ -126,5 +126,5 @@ class Model(nn.Module):
     self.sow("intermediates", "pooled", pooled)
     pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
     logits = dense(self.num_classes, ("embed", "classes"),
-                   name="classifier")(pooled)
+                   name="classifier", float32_output=True)(pooled)
     return logits.astype(jnp.float32)

@@ -117,9 +117,13 @@ class Model(nn.Module):
                           param_dtype=self.param_dtype, name="final_norm")(x)
     self.sow("intermediates", "last_hidden_state", x)
 
+    # bfloat16 products with float32 results: the softmax and the loss see
+    # unrounded logits (see `layers.dense`).
     if self.tie_embeddings:
-      logits = embed.attend(x)
+      logits = jnp.einsum("ble,ve->blv", x, embed.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
     else:
       logits = layers.dense(self.vocab_size, ("embed", "vocab"), name="lm_head",
-                            dtype=self.dtype, param_dtype=self.param_dtype)(x)
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            float32_output=True)(x)
     return logits.astype(jnp.float32)

@@ -33,13 +33,23 @@ ACTIVATION_AXES = ("batch", "length", "embed")
 
 def dense(features: int, axes: tuple[str | None, str | None], *, name: str,
           dtype: Dtype, param_dtype: Dtype,
-          kernel_init: nn.initializers.Initializer = transformer_init) -> nn.Dense:
-  """Dense with logical axes: kernel `axes` (input, output), bias `axes[1]`."""
+          kernel_init: nn.initializers.Initializer = transformer_init,
+          float32_output: bool = False) -> nn.Dense:
+  """Dense with logical axes: kernel `axes` (input, output), bias `axes[1]`.
+
+  With float32_output, a bfloat16 model's product still takes bfloat16 inputs
+  but returns the float32 accumulator unrounded: what output heads use, so that
+  the softmax and the loss see logits at full precision. Accelerators accumulate
+  in float32 anyway, so this costs nothing but the wider output.
+  """
+  dot_general = (functools.partial(jax.lax.dot_general,
+                                   preferred_element_type=jnp.float32)
+                 if float32_output else jax.lax.dot_general)
   return nn.Dense(
       features,
       kernel_init=nn.with_logical_partitioning(kernel_init, axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-      dtype=dtype, param_dtype=param_dtype, name=name)
+      dtype=dtype, param_dtype=param_dtype, dot_general=dot_general, name=name)
 
 
 def classifier_logits(x: jax.Array, num_classes: int, *, dtype: Dtype,
@@ -51,7 +61,7 @@ def classifier_logits(x: jax.Array, num_classes: int, *, dtype: Dtype,
   """
   logits = dense(num_classes, ("embed", "classes"), name="classifier",
                  kernel_init=nn.initializers.lecun_normal(),
-                 dtype=dtype, param_dtype=param_dtype)(x)
+                 dtype=dtype, param_dtype=param_dtype, float32_output=True)(x)
   return logits.astype(jnp.float32)
 
 

@@ -99,5 +99,5 @@ class Model(nn.Module):
     self.sow("intermediates", "pooled", x)
     logits = layers.dense(self.num_classes, ("embed", "classes"),
                           name="classifier", dtype=self.dtype,
-                          param_dtype=self.param_dtype)(x)
+                          param_dtype=self.param_dtype, float32_output=True)(x)
     return logits.astype(jnp.float32)
