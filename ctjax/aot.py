@@ -217,7 +217,7 @@ def compile_for_target(config: Any, target: Target) -> dict[str, Any]:
   # and the trainer's imports (TensorFlow for TensorBoard among them) are slow.
   # pylint: disable=g-import-not-at-top
   from ctjax import config as config_lib
-  from ctjax import hf, models, sharding, tasks, throughput, train
+  from ctjax import hf, models, privacy, sharding, tasks, throughput, train
   from ctjax.data import ops, pipeline
   from ctjax.data import splits as splits_lib
   # pylint: enable=g-import-not-at-top
@@ -231,20 +231,25 @@ def compile_for_target(config: Any, target: Target) -> dict[str, Any]:
   source = splits_lib.open_splits(
       config.data, num_classes=getattr(model, "num_classes", None),
       vocab_size=getattr(model, "vocab_size", None))["train"]
-  batch = pipeline.train_batch(
-      pipeline.BatchLoader(source, ops.compose(config.data.get("preprocess")),
-                           num_threads=1), 0,
-      global_batch_size=config.batch_size, seed=config.seed, process_index=0,
-      process_count=1)
+  total_steps = train.resolve_schedule(config, len(source)).total_steps
   devices, estimate = target_devices(target)
   mesh = sharding.make_mesh(config.mesh, devices)
+  loader = pipeline.BatchLoader(source, ops.compose(config.data.get("preprocess")),
+                                num_threads=1)
+  # DP-SGD's batches are Poisson-sampled, padded to a larger fixed size.
+  dp = privacy.configure(
+      config, num_examples=len(source), total_steps=total_steps,
+      batch_multiple=math.lcm(mesh.shape["data"] * mesh.shape["fsdp"],
+                              target.num_hosts) * config.grad_accum_steps)
+  batch = (pipeline.batch_of(loader, privacy.sampled_indices(0, dp, config.seed), 0,
+                             seed=config.seed) if dp else
+           pipeline.train_batch(loader, 0, global_batch_size=config.batch_size,
+                                seed=config.seed))
   rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.sharding_rules)
-  example = jax.ShapeDtypeStruct((1, *batch["inputs"].shape[1:]),
-                                 batch["inputs"].dtype)
+  example = jnp.zeros((1, *batch["inputs"].shape[1:]), batch["inputs"].dtype)
   program = train.make_train_program(
-      config, model, task, mesh, rules, example,
-      total_steps=train.resolve_schedule(config, len(source)).total_steps,
-      train_examples=len(source))
+      config, model, task, mesh, rules, example, total_steps=total_steps,
+      train_examples=len(source), dp=dp)
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                             sharding=sharding.batch_sharding(mesh, v.ndim))
                     for k, v in batch.items()}

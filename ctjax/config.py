@@ -34,7 +34,7 @@ from ctjax import tasks
 from ctjax.errors import UserError
 
 # Subtrees whose keys depend on the chosen model or source; checked elsewhere.
-OPEN_KEYS = ("model", "data")
+OPEN_KEYS = ("model", "data", "privacy")
 # Fields that hold durations: an int means steps; strings like "3 epochs" allowed.
 DURATION_KEYS = ("train_duration", "log_every", "eval_every", "checkpoint.every",
                  "optim.schedule.warmup")
@@ -134,6 +134,9 @@ def base_config() -> ConfigDict:
   # compilation and warm-up), in WORKDIR/profile with a summary of where the time
   # went (ctjax/profiling.py); 0 steps: none.
   c.profile = ConfigDict({"start_step": 10, "steps": 0})
+  # Differentially private training (DP-SGD; ctjax/privacy.py lists the keys):
+  # clip_norm, noise_multiplier or target_epsilon, delta. Empty: none.
+  c.privacy = ConfigDict({})
   return c
 
 

@@ -200,6 +200,9 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
   # --- 1. The trials' configs, checked against each other and the devices. ------
   population = _trial_configs(config, trials, workdirs)
   config = population[0].config  # What all trials share.
+  if config.privacy:
+    raise UserError("config.privacy: population mode has no DP-SGD step; train "
+                    "private trials one by one (without --population)")
   for trial in population:
     config_lib.validate(trial.config, device_count=jax.device_count(),
                         process_count=jax.process_count())

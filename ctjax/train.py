@@ -11,6 +11,7 @@ live in the modules it imports. Every process runs this same program.
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ from ctjax import hf
 from ctjax import models
 from ctjax import optim
 from ctjax import peft
+from ctjax import privacy
 from ctjax import profiling
 from ctjax import report
 from ctjax import runs
@@ -158,11 +160,13 @@ class TrainProgram:
 def make_train_program(config: ml_collections.ConfigDict, model: nn.Module,
                        task: Any, mesh: jax.sharding.Mesh, rules: Any,
                        example_inputs: Any, *, total_steps: int,
-                       train_examples: int | None) -> TrainProgram:
-  """The state's layout over `mesh` and the sharded train step for `model`.
+                       train_examples: int | None,
+                       dp: privacy.Privacy | None = None) -> TrainProgram:
+  """The state's layout over `mesh` and the sharded train step for `model`
+  (DP-SGD's, ctjax/privacy.py, with `dp`).
 
-  `example_inputs` is one example's inputs with a leading batch axis of 1 (an
-  array or a ShapeDtypeStruct); nothing is computed, only traced.
+  `example_inputs` is one example's inputs with a leading batch axis of 1;
+  nothing is computed, only traced.
   """
   init_params = lambda rng: model.init({"params": rng}, example_inputs,
                                        train=False)["params"]
@@ -183,8 +187,13 @@ def make_train_program(config: ml_collections.ConfigDict, model: nn.Module,
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init_state, rng)
   abstract_state, state_sh = sharding.abstract_state(boxed, mesh, rules)
-  step_fn = make_train_step(model, tx, config.grad_accum_steps,
-                            transfer.model_params, task.per_example_loss)
+  if dp:  # Per-example clipping and noise (ctjax/privacy.py).
+    step_fn = privacy.make_private_train_step(
+        model, tx, dp, config.grad_accum_steps, transfer.model_params,
+        task.per_example_loss)
+  else:
+    step_fn = make_train_step(model, tx, config.grad_accum_steps,
+                              transfer.model_params, task.per_example_loss)
   metric_sums = MetricSums()
 
   def step_with_sums(state, batch, sums):
@@ -373,9 +382,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       group_by_length=name == "train" and config.data.get("group_by_length", False))
              for name, s in splits.items()}
   eval_batch_size = config.eval_batch_size or config.batch_size
-  first_batch = pipeline.train_batch(
-      loaders["train"], 0, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+  # Differential privacy (config.privacy, ctjax/privacy.py): each step's batch is
+  # Poisson-sampled and padded to a fixed size; the update is DP-SGD's.
+  batch_multiple = math.lcm(mesh.shape["data"] * mesh.shape["fsdp"],
+                            jax.process_count()) * config.grad_accum_steps
+  dp = privacy.configure(config, num_examples=len(train_source),
+                         total_steps=sched.total_steps, batch_multiple=batch_multiple)
+  if dp:
+    privacy.record(workdir, dp, write=jax.process_index() == 0)
+    info(dp.describe() + f"; epsilon after {sched.total_steps} steps "
+         f"{dp.epsilon(sched.total_steps):.4g}")
+    batch_for_step = lambda s: pipeline.batch_of(
+        loaders["train"], privacy.sampled_indices(s, dp, int(config.seed)), s,
+        seed=int(config.seed), process_index=jax.process_index(),
+        process_count=jax.process_count())
+  else:
+    batch_for_step = functools.partial(  # Plain values: this runs once per step.
+        pipeline.train_batch, loaders["train"],
+        global_batch_size=int(config.batch_size), seed=int(config.seed),
+        process_index=jax.process_index(), process_count=jax.process_count())
+  first_batch = batch_for_step(0)
   problem = task.check_labels(first_batch["label"])
   if problem:
     raise UserError(f"config.task={config.task!r}: the training split's {problem}")
@@ -387,7 +413,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     runs.write_model_inputs(workdir, dummy_inputs)
   program = make_train_program(config, model, task, mesh, rules, dummy_inputs,
                                total_steps=sched.total_steps,
-                               train_examples=len(train_source))
+                               train_examples=len(train_source), dp=dp)
   transfer, metric_sums = program.transfer, program.metric_sums
   abstract_state, state_sh = program.abstract_state, program.state_shardings
   info("parameters:\n" + sharding.describe_params(abstract_state["params"],
@@ -418,9 +444,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   # What a step computes, for the throughput and MFU in the log: the model's
   # FLOPs for the global batch, each device's share (ctjax/throughput.py; with
   # length buckets, the first batch's length).
+  global_inputs = (first_batch["inputs"].shape[0] * jax.process_count(),
+                   *first_batch["inputs"].shape[1:])
   step_flops = throughput.train_step_flops(model, jax.ShapeDtypeStruct(
-      (config.batch_size, *first_batch["inputs"].shape[1:]),
-      first_batch["inputs"].dtype)) / jax.device_count()
+      global_inputs, first_batch["inputs"].dtype)) / jax.device_count()
   peak = throughput.peak_flops(jax.devices()[0].device_kind, config.peak_flops)
   tokens_per_step = throughput.tokens_per_step(first_batch["inputs"],
                                                config.batch_size)
@@ -442,12 +469,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   writer = writers.MetricWriter(workdir, start_step=start_step)
   preemption = _Preemption()
   sums = zero_sums  # This log interval's metric sums, on the devices.
-  next_batch = functools.partial(  # Plain values: this runs once per step.
-      pipeline.train_batch, loaders["train"], global_batch_size=int(config.batch_size),
-      seed=int(config.seed), process_index=jax.process_index(),
-      process_count=jax.process_count())
   batches = pipeline.prefetch(
-      (next_batch(s) for s in range(start_step, sched.total_steps)),
+      (batch_for_step(s) for s in range(start_step, sched.total_steps)),
       size=config.data.prefetch)
   if jax.process_count() > 1:
     batches = pipeline.to_device(batches,
@@ -493,8 +516,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         info(f"config.checkpoint.best_metric={best!r} is not among the final "
              f"metrics ({', '.join(sorted(metrics))}); no checkpoint is ranked")
       metrics = None
-    checkpoint.save(manager, state, {"step": step, "seed": config.seed,
-                                     "examples_seen": step * config.batch_size},
+    position = {"step": step, "seed": config.seed,
+                "examples_seen": step * config.batch_size}
+    if dp:  # The privacy spent by the state saved.
+      position["epsilon"] = dp.epsilon(step)
+    checkpoint.save(manager, state, position,
                     metrics=metrics, force=force)
 
   # A hung run prints every thread's stack and exits (config.watchdog_minutes).
@@ -526,6 +552,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         scalars["train/examples_per_s"] = steps_per_s * config.batch_size
         scalars.update(throughput.scalars(step_flops, steps_per_s, peak,
                                           tokens_per_step))
+        if dp:  # The accounting takes a fraction of a second: not training time.
+          scalars["privacy/epsilon"] = dp.epsilon(step)
+          now = time.perf_counter()
         writer.write(step, scalars)
         eta = (sched.total_steps - step) / max(steps_per_s, 1e-9)
         info(f"step {step}/{sched.total_steps}  {writers.format_scalars(scalars)}  "

@@ -273,6 +273,15 @@ def saved_state(workdir: os.PathLike, step: int | None = None) -> dict[str, Any]
       state=ocp.args.PyTreeRestore(restore_args=as_numpy)))["state"]
 
 
+def checkpoint_position(workdir: os.PathLike, step: int) -> dict[str, Any]:
+  """What a checkpoint saved beside its state: the input position (step, seed,
+  examples seen) and, for a private run, the epsilon spent."""
+  manager = checkpoint.make_manager(checkpoint.checkpoint_dir(str(workdir)),
+                                    read_only=True)
+  return manager.restore(step, args=ocp.args.Composite(
+      data=ocp.args.JsonRestore()))["data"]
+
+
 def assert_trees_close(actual: Any, expected: Any, *, rtol: float = 0.0,
                        atol: float = 0.0) -> None:
   """Same paths, and arrays equal bit for bit (default) or within tolerance."""

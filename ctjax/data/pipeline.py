@@ -170,18 +170,29 @@ def train_batch(loader: BatchLoader, step: int, *, global_batch_size: int,
                 seed: int, process_index: int = 0,
                 process_count: int = 1) -> Example:
   """This process's share of step `step`'s training batch."""
-  rows = local_rows(global_batch_size, process_index, process_count)
   global_indices = train_indices(
       step, num_examples=len(loader.source), global_batch_size=global_batch_size,
       seed=seed, epoch_order=loader.epoch_order(seed, global_batch_size))
+  return batch_of(loader, global_indices, step, seed=seed,
+                  process_index=process_index, process_count=process_count)
+
+
+def batch_of(loader: BatchLoader, global_indices: np.ndarray, step: int, *,
+             seed: int, process_index: int = 0, process_count: int = 1) -> Example:
+  """This process's share of the training batch of examples `global_indices`
+  (-1: padding, masked out), as step `step`'s: its augmentation draws from
+  (seed, position in the step's batch)."""
+  rows = local_rows(len(global_indices), process_index, process_count)
   indices = global_indices[rows]
+  valid = indices >= 0
   rng_keys = None
   if loader.preprocess is not None:  # Only preprocessing draws random numbers.
-    positions = step * global_batch_size + np.arange(global_batch_size)[rows]
+    positions = step * len(global_indices) + np.arange(len(global_indices))[rows]
     rng_keys = np.stack([np.full_like(positions, seed), positions], axis=1)
-  return _with_mask(loader.load(indices, rng_keys,
-                                loader.padded_length(global_indices)),
-                    np.ones(len(indices), np.float32))
+  real = global_indices[global_indices >= 0]
+  length = loader.padded_length(real if len(real) else np.zeros(1, np.int64))
+  return _with_mask(loader.load(np.where(valid, indices, 0), rng_keys, length),
+                    valid.astype(np.float32))
 
 
 def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
