@@ -34,7 +34,7 @@ from ctjax import tasks
 from ctjax.errors import UserError
 
 # Subtrees whose keys depend on the chosen model or source; checked elsewhere.
-OPEN_KEYS = ("model", "data", "privacy")
+OPEN_KEYS = ("model", "data", "privacy", "federated")
 # Fields that hold durations: an int means steps; strings like "3 epochs" allowed.
 DURATION_KEYS = ("train_duration", "log_every", "eval_every", "checkpoint.every",
                  "optim.schedule.warmup")
@@ -130,6 +130,10 @@ def base_config() -> ConfigDict:
   # The device's peak FLOP/s, for the MFU in the log; 0 takes it from the table of
   # known chips in ctjax/throughput.py (no MFU where neither knows it: CPUs).
   c.peak_flops = 0.0
+  # TensorBoard event files in WORKDIR/tensorboard. clu writes them with
+  # TensorFlow, whose import costs a few seconds of every run's start-up; off,
+  # metrics still go to metrics.jsonl and stdout.
+  c.tensorboard = True
   # A jax.profiler trace of `steps` train steps from `start_step` (after
   # compilation and warm-up), in WORKDIR/profile with a summary of where the time
   # went (ctjax/profiling.py); 0 steps: none.
@@ -137,6 +141,9 @@ def base_config() -> ConfigDict:
   # Differentially private training (DP-SGD; ctjax/privacy.py lists the keys):
   # clip_norm, noise_multiplier or target_epsilon, delta. Empty: none.
   c.privacy = ConfigDict({})
+  # Federated learning, simulated (ctjax/federated.py lists the keys): clients,
+  # rounds, local_steps, algorithm, ... Empty: ordinary training.
+  c.federated = ConfigDict({})
   return c
 
 

@@ -158,9 +158,14 @@ def main(argv: list[str] | None = None) -> None:
           new_data=any(o.startswith("data.path=") for o in overrides),
           predictions_format=args.predictions)
       return
-    from ctjax import train  # pylint: disable=g-import-not-at-top
     config = config_lib.load_config(args.config, overrides)
-    train.train(config, args.workdir or default_workdir(args.config))
+    workdir = args.workdir or default_workdir(args.config)
+    if config.federated:  # Clients simulated in rounds (ctjax/federated.py).
+      from ctjax import federated  # pylint: disable=g-import-not-at-top
+      federated.train_federated(config, workdir)
+    else:
+      from ctjax import train  # pylint: disable=g-import-not-at-top
+      train.train(config, workdir)
   except UserError as e:
     if args.verbose or os.environ.get("CTJAX_VERBOSE", "") not in ("", "0"):
       traceback.print_exc()

@@ -424,7 +424,8 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
 
   # --- 7. The loop. ----------------------------------------------------------------
   for trial in population:
-    trial.writer = writers.MetricWriter(trial.workdir, start_step=start_step)
+    trial.writer = writers.MetricWriter(trial.workdir, start_step=start_step,
+                                        tensorboard=config.tensorboard)
   preemption = _Preemption()
   sums = zero_sums  # This log interval's metric sums of every trial, on the devices.
   batches = pipeline.prefetch(

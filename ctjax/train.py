@@ -466,7 +466,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   info(f"{origin}; training steps {start_step}..{sched.total_steps}")
 
   # --- 7. The loop. ----------------------------------------------------------------
-  writer = writers.MetricWriter(workdir, start_step=start_step)
+  writer = writers.MetricWriter(workdir, start_step=start_step,
+                               tensorboard=config.tensorboard)
   preemption = _Preemption()
   sums = zero_sums  # This log interval's metric sums, on the devices.
   batches = pipeline.prefetch(

@@ -19,7 +19,7 @@ class MetricWriter:
   """Writes scalar metrics to every sink this process has."""
 
   def __init__(self, workdir: str, *, start_step: int = 0,
-               enabled: bool | None = None):
+               enabled: bool | None = None, tensorboard: bool = True):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._jsonl = None
     self._tensorboard = None
@@ -30,6 +30,8 @@ class MetricWriter:
     path = os.path.join(workdir, "metrics.jsonl")
     _drop_records_after(path, start_step)
     self._jsonl = open(path, "ab")
+    if not tensorboard:  # config.tensorboard = False
+      return
     try:
       # clu's TensorBoard writer is built on tf.summary.
       from clu.metric_writers import SummaryWriter  # pylint: disable=g-import-not-at-top

@@ -64,6 +64,12 @@ GPT_CONFIG = {
 # over 32 and 64 features, attention over 32 positions of 8-wide heads; the final
 # norm and the 256-way softmax), as many backward.
 GPT_SUM_TERMS = 16 * 32 + 2 * 910
+# scikit-learn's breast-cancer table, 455 training examples: the private and
+# federated tests' clinical data.
+BREAST_CANCER_DATA = {
+    "source": "sklearn_datasets", "name": "breast_cancer", "split_seed": 0,
+    "split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
+    "stratify": True, "num_threads": 1, "prefetch": 0}
 MLP_CONFIG = {
     "seed": 0,
     "data": {"source": "sklearn_datasets", "name": "digits", "split_seed": 0,
@@ -104,6 +110,9 @@ def write_config(directory: os.PathLike, config: dict[str, Any],
   """Writes an experiment file whose get_config() returns `config`; returns its path."""
   path = pathlib.Path(directory) / name
   path.parent.mkdir(parents=True, exist_ok=True)
+  # TensorBoard files cost a run TensorFlow's import, seconds of every test's
+  # start-up; tests/test_train.py reads the default experiment's.
+  config = {"tensorboard": False, **config}
   path.write_text("from ml_collections import ConfigDict\n\n\n"
                   "def get_config(arg=None):\n"
                   f"  return ConfigDict({config!r})\n")

@@ -181,9 +181,7 @@ def test_privacy_mistakes_name_the_key(spec, says):
 # A private run of the breast-cancer table: 12 steps, logs every 3, saves every 6.
 DP_CONFIG = {
     "seed": 0,
-    "data": {"source": "sklearn_datasets", "name": "breast_cancer", "split_seed": 0,
-             "split_fractions": {"train": 0.8, "validation": 0.1, "test": 0.1},
-             "stratify": True, "num_threads": 1, "prefetch": 0},
+    "data": run_util.BREAST_CANCER_DATA,
     "model": {"name": "mlp", "num_classes": 2, "hidden_sizes": (16,)},
     "batch_size": 32, "train_duration": 12, "log_every": 3, "eval_every": 0,
     "eval_splits": ("validation",), "final_eval_splits": ("validation",),

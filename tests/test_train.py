@@ -361,6 +361,18 @@ def test_metric_writer_adds_evaluation_to_the_steps_line(tmp_path):
       {"step": 20, "train/loss": 0.5}, {"step": 30, "train/loss": 0.25}]
 
 
+def test_config_tensorboard_false_writes_only_jsonl(tmp_path):
+  """The switch that spares a run TensorFlow's import: no event files, the same
+  metrics.jsonl."""
+  for tensorboard in (False, True):
+    workdir = tmp_path / str(tensorboard)
+    writer = writers.MetricWriter(str(workdir), enabled=True, tensorboard=tensorboard)
+    writer.write(1, {"train/loss": 1.0})
+    writer.close()
+    assert (workdir / "tensorboard").is_dir() == tensorboard
+    assert run_util.metrics(workdir) == [{"step": 1, "train/loss": 1.0}]
+
+
 def test_resumed_run_replaces_records_logged_after_its_checkpoint(tmp_path):
   writer = writers.MetricWriter(str(tmp_path), enabled=True)
   for step in (10, 20, 30):  # killed after step 30, last checkpoint at step 10

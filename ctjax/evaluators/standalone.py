@@ -127,7 +127,8 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
       writers.info(f"report: {report_path}")
   # Appended, never truncating: an evaluation must not drop records of the run
   # (which may still be training), as a resumed run drops those past its step.
-  writer = writers.MetricWriter(workdir, start_step=sys.maxsize)
+  writer = writers.MetricWriter(workdir, start_step=sys.maxsize,
+                               tensorboard=config.get("tensorboard", True))
   try:
     writer.write(step, results)
   finally:

@@ -1,0 +1,324 @@
+"""Federated learning, simulated: many clients trained in one compiled program.
+
+  c.federated = dict(clients=5, rounds=30, local_steps=5, clients_per_round=3,
+                     algorithm="fedavg", dirichlet_alpha=0.3)
+  ctjax train --config configs/breast_cancer_federated.py
+
+Clients are partitions of the training split (`partition`): by a column such as
+a site, by a seeded Dirichlet split of the labels for non-IID studies, or IID.
+`train_federated` runs the rounds, checkpoints the global model every
+config.checkpoint.every rounds (a resumed run draws the same clients and batches:
+they are functions of (seed, round)), logs train/loss and each sampled client's
+loss per round (step = round in metrics.jsonl), and runs the config's
+evaluators on the global model. Not yet: the client axis sharded over a mesh
+(one device runs all clients), DP-FedAvg, and the deployed, multi-process
+version (issue 12 §2-§3).
+
+A round: the server sends the global parameters to m sampled clients; each runs
+`local_steps` steps of the trainer's own update (`train.make_train_step`: the
+task's loss, padding masks, the config's optimizer, freshly initialised) on its
+own batches; the server averages the clients' changes, weighted by their
+examples, and applies that average as a pseudo-gradient with its own optimizer
+(McMahan et al. 2017; Reddi et al. 2021):
+
+  fedavg   server SGD at server_lr (1: the plain weighted average of the models)
+  fedprox  fedavg, each client's loss plus mu/2 ||w - w_global||^2 (Li et al. 2020)
+  fedadam  server Adam at server_lr (b1 0.9, b2 0.99, eps 1e-3, as Reddi et al.)
+
+All m clients' local training is one `jax.vmap` over the client axis of a
+`lax.scan` over their local steps: one program, whatever the clients.
+"""
+import dataclasses
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ctjax import train
+from ctjax.errors import UserError
+
+ALGORITHMS = ("fedavg", "fedprox", "fedadam")
+
+
+def partition(source: Any, num_clients: int, *, seed: int,
+              column: str | None = None,
+              dirichlet_alpha: float | None = None) -> list[np.ndarray]:
+  """Each client's example indices into `source` (disjoint, covering it).
+
+  column: one client per distinct value of that column of the source (a site,
+    a hospital), in sorted order; num_clients must match their number.
+  dirichlet_alpha: non-IID by label, as Hsu et al. (2019): for each class, the
+    shares of its examples going to the clients are drawn from
+    Dirichlet(alpha, ..., alpha); small alpha gives clients few classes.
+  neither: a seeded random split into near-equal parts (IID).
+  """
+  rng = np.random.default_rng([seed, 0xfed])
+  n = len(source)
+  if column is not None:
+    values = getattr(source, "columns", {}).get(column)
+    if values is None:
+      raise UserError(f"config.federated.partition_column={column!r}: the source "
+                      f"has no such column; it has "
+                      f"{', '.join(getattr(source, 'columns', {})) or 'none'}")
+    values = np.asarray(values)
+    sites = np.unique(values)
+    if len(sites) != num_clients:
+      raise UserError(f"config.federated.clients={num_clients}: column {column!r} "
+                      f"has {len(sites)} distinct values ({', '.join(map(str, sites[:8]))}"
+                      f"{', ...' if len(sites) > 8 else ''}); set clients to that")
+    return [np.flatnonzero(values == site) for site in sites]
+  if dirichlet_alpha is not None:
+    labels = getattr(source, "labels", None)
+    if labels is None:
+      raise UserError("config.federated.dirichlet_alpha: the training split has no "
+                      "per-example class labels to split by")
+    parts = [[] for _ in range(num_clients)]
+    for label in np.unique(labels):
+      members = rng.permutation(np.flatnonzero(labels == label))
+      shares = rng.dirichlet(np.full(num_clients, float(dirichlet_alpha)))
+      cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+      for client, piece in enumerate(np.split(members, cuts)):
+        parts[client].extend(piece.tolist())
+    return [np.sort(np.asarray(p, np.int64)) for p in parts]
+  return [np.sort(p) for p in np.array_split(rng.permutation(n), num_clients)]
+
+
+def sample_round(partitions: list[np.ndarray], round_index: int, *,
+                 clients_per_round: int, local_steps: int, batch_size: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A round's (client ids [m], example indices [m, local_steps, batch_size],
+  weights [m]): clients drawn without replacement, each client's batches drawn
+  from its own examples (with replacement across steps), weights the clients'
+  example counts over their sum. A function of (seed, round) alone, so a
+  resumed run draws the same."""
+  rng = np.random.default_rng([seed, round_index, 0xc11e])
+  clients = np.sort(rng.choice(len(partitions), clients_per_round, replace=False))
+  indices = np.stack([
+      rng.choice(partitions[c], (local_steps, batch_size),
+                 replace=len(partitions[c]) < local_steps * batch_size)
+      for c in clients])
+  sizes = np.array([len(partitions[c]) for c in clients], np.float64)
+  return clients, indices, (sizes / sizes.sum()).astype(np.float32)
+
+
+class ProximalState(NamedTuple):
+  anchor: Any  # the global parameters the client started the round from
+
+
+def proximal(mu: float) -> optax.GradientTransformation:
+  """FedProx's term: adds mu (w - w_global) to the gradient, the gradient of
+  mu/2 ||w - w_global||^2. The anchor is the parameters the optimizer was
+  initialised with, which is the global model: each round starts a client's
+  optimizer afresh."""
+  def init(params):
+    return ProximalState(anchor=params)
+
+  def update(grads, state, params):
+    return jax.tree.map(lambda g, w, a: g + mu * (w - a), grads, params,
+                        state.anchor), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def server_optimizer(algorithm: str, server_lr: float) -> optax.GradientTransformation:
+  if algorithm not in ALGORITHMS:
+    raise UserError(f"config.federated.algorithm={algorithm!r}: choose one of "
+                    f"{', '.join(ALGORITHMS)}")
+  if algorithm == "fedadam":
+    return optax.adam(server_lr, b1=0.9, b2=0.99, eps=1e-3)
+  return optax.sgd(server_lr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+  """One round, jitted: (params, server_opt_state, batches, weights, rng) ->
+  (params, server_opt_state, per-client mean losses [m])."""
+  run: Callable[..., Any]
+  server_tx: optax.GradientTransformation
+
+
+def make_round(model: Any, local_tx: optax.GradientTransformation, *,
+               algorithm: str, server_lr: float = 1.0, mu: float = 0.0,
+               per_example_loss: Callable[[jax.Array, jax.Array], jax.Array]
+               ) -> Round:
+  """One federated round of `model`, clients training with `local_tx`."""
+  server_tx = server_optimizer(algorithm, server_lr)
+  if algorithm == "fedprox":
+    local_tx = optax.chain(proximal(mu), local_tx)
+  local_step = train.make_train_step(model, local_tx, 1, lambda p, f: p,
+                                     per_example_loss)
+
+  def client_update(params, batches, rng):
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "frozen": {},
+             "opt_state": local_tx.init(params), "rng": rng}
+    state, metrics = jax.lax.scan(local_step, state, batches)
+    delta = jax.tree.map(jnp.subtract, state["params"], params)
+    return delta, jnp.mean(metrics["loss"])
+
+  def run(params, server_opt_state, batches, weights, rng):
+    rngs = jax.random.split(rng, weights.shape[0])
+    deltas, losses = jax.vmap(client_update, in_axes=(None, 0, 0))(
+        params, batches, rngs)
+    # The server's pseudo-gradient: minus the clients' weighted mean change.
+    pseudo_gradient = jax.tree.map(lambda d: -jnp.tensordot(weights, d, axes=1),
+                                   deltas)
+    updates, server_opt_state = server_tx.update(pseudo_gradient, server_opt_state,
+                                                 params)
+    return optax.apply_updates(params, updates), server_opt_state, losses
+
+  return Round(run=jax.jit(run), server_tx=server_tx)
+
+
+OPTIONS = {  # config.federated keys and defaults
+    "clients": 0,              # 0: no federated training
+    "rounds": 10,
+    "local_steps": 5,          # each client's steps a round, of config.batch_size
+    "clients_per_round": 0,    # 0: every client every round
+    "algorithm": "fedavg",
+    "server_lr": 1.0,
+    "mu": 0.01,                # FedProx's proximal weight
+    "partition_column": "",    # one client per value of this column (a site)
+    "dirichlet_alpha": 0.0,    # > 0: non-IID label split; else IID
+}
+
+
+def _options(config: Any) -> dict[str, Any]:
+  given = dict(config.federated)
+  for key in given:
+    if key not in OPTIONS:
+      raise UserError(f"config.federated.{key}: not an option; use "
+                      f"{', '.join(OPTIONS)}")
+  options = {**OPTIONS, **given}
+  if options["clients"] < 1 or options["rounds"] < 1 or options["local_steps"] < 1:
+    raise UserError("config.federated: clients, rounds and local_steps must be "
+                    "at least 1")
+  if not 0 <= options["clients_per_round"] <= options["clients"]:
+    raise UserError(f"config.federated.clients_per_round="
+                    f"{options['clients_per_round']}: between 1 and clients="
+                    f"{options['clients']} (0: all)")
+  server_optimizer(options["algorithm"], options["server_lr"])  # Checks the name.
+  return options
+
+
+def train_federated(config: Any, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) `config.federated`'s rounds in `workdir`: the global model
+  checkpointed every config.checkpoint.every rounds, metrics per round and per
+  client in metrics.jsonl (step = round), the config's evaluations of the global
+  model. Returns the final evaluation."""
+  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  from ctjax import checkpoint, config as config_lib, durations
+  from ctjax import evaluators as evaluators_lib, models, optim, sharding, tasks
+  from ctjax import writers
+  from ctjax.data import ops, pipeline
+  from ctjax.data import splits as splits_lib
+  # pylint: enable=g-import-not-at-top
+  options = _options(config)
+  config_lib.validate(config, device_count=jax.device_count(),
+                      process_count=jax.process_count())
+  if jax.process_count() > 1:
+    raise UserError("config.federated simulates the clients in one process; run "
+                    "it on one host")
+  model, task = models.get_model(config.model), tasks.get(config.task)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config_lib.to_json(config))
+  splits = splits_lib.open_splits(
+      config.data, state_dir=workdir, num_classes=getattr(model, "num_classes", None),
+      vocab_size=getattr(model, "vocab_size", None))
+  preprocess = ops.compose(config.data.get("preprocess"))
+  loaders = {name: pipeline.BatchLoader(s, preprocess, num_threads=1)
+             for name, s in splits.items()}
+  train_source = splits["train"]
+  parts = partition(train_source, options["clients"], seed=config.seed,
+                    column=options["partition_column"] or None,
+                    dirichlet_alpha=options["dirichlet_alpha"] or None)
+  if min(map(len, parts)) == 0:
+    raise UserError(f"config.federated: a client has no examples "
+                    f"({[len(p) for p in parts]}); use fewer clients or a larger "
+                    "dirichlet_alpha")
+  per_round = options["clients_per_round"] or options["clients"]
+  writers.info(f"federated: {options['clients']} clients "
+               f"({', '.join(str(len(p)) for p in parts)} examples), {per_round} a "
+               f"round, {options['rounds']} rounds of {options['local_steps']} local "
+               f"steps, {options['algorithm']}")
+
+  def load(round_index):
+    clients, indices, weights = sample_round(
+        parts, round_index, clients_per_round=per_round,
+        local_steps=options["local_steps"], batch_size=config.batch_size,
+        seed=config.seed)
+    batch = pipeline.batch_of(loaders["train"], indices.reshape(-1), round_index,
+                              seed=config.seed)
+    batch = {k: v.reshape(*indices.shape, *v.shape[1:]) for k, v in batch.items()}
+    return clients, batch, weights
+
+  local_tx = optim.make_optimizer(config.optim, total_steps=options["local_steps"],
+                                  global_batch_size=config.batch_size,
+                                  train_examples=None)[0]
+  round_ = make_round(model, local_tx, algorithm=options["algorithm"],
+                      server_lr=options["server_lr"], mu=options["mu"],
+                      per_example_loss=task.per_example_loss)
+  _, first, _ = load(0)
+
+  def init_state(rng):
+    params = nn.meta.unbox(model.init({"params": rng}, first["inputs"][0, 0, :1],
+                                      train=False)["params"])
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "server_opt_state": round_.server_tx.init(params),
+            "rng": jax.random.fold_in(rng, 1)}
+
+  root_rng = jax.random.PRNGKey(config.seed)
+  abstract_state = jax.eval_shape(init_state, root_rng)
+  manager = checkpoint.make_manager(
+      os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint)
+  if manager.latest_step() is not None:
+    state, position = checkpoint.restore(manager, abstract_state,
+                                         set_aside_damaged=True)
+    start = int(position["step"])
+    writers.info(f"resumed at round {start}")
+  else:
+    state, start = jax.jit(init_state)(root_rng), 0
+  mesh = sharding.make_mesh(config.mesh)
+  evaluators = evaluators_lib.make_evaluators(
+      evaluators_lib.configured(config), model=model, loaders=loaders, mesh=mesh,
+      batch_size=config.eval_batch_size or config.batch_size, data_config=config.data,
+      train_batch_size=config.batch_size, train_examples=len(train_source),
+      model_params=lambda trained: trained[0], task=config.task,
+      output_dir=os.path.join(workdir, "eval", "final"))
+  checkpoint_every = durations.to_steps(config.checkpoint.every, key="checkpoint.every",
+                                        global_batch_size=config.batch_size,
+                                        train_examples=len(train_source))
+  writer = writers.MetricWriter(workdir, start_step=start,
+                                tensorboard=config.tensorboard)
+  rounds, final = options["rounds"], {}
+  try:
+    for r in range(start + 1, rounds + 1):
+      clients, batch, weights = load(r - 1)
+      params, server_opt_state, losses = round_.run(
+          state["params"], state["server_opt_state"], batch, weights,
+          jax.random.fold_in(state["rng"], r))
+      state = dict(state, step=jnp.asarray(r, jnp.int32), params=params,
+                   server_opt_state=server_opt_state)
+      losses = np.asarray(losses)
+      scalars = {"train/loss": float(np.dot(weights, losses)),
+                 **{f"client_{c}/loss": float(l) for c, l in zip(clients, losses)}}
+      due = [e for e in evaluators if e.due(r, rounds)]
+      if due:
+        for evaluator in due:
+          scalars.update(evaluator.run((state["params"], {}), final=r == rounds))
+      writer.write(r, scalars)
+      writers.info(f"round {r}/{rounds}  " + writers.format_scalars(
+          {k: v for k, v in scalars.items() if not k.startswith("client_")}))
+      if r == rounds or (checkpoint_every and r % checkpoint_every == 0):
+        checkpoint.save(manager, state, {"step": r, "seed": config.seed},
+                        force=r == rounds)
+      final = scalars
+    manager.wait_until_finished()
+    return final
+  finally:
+    writer.close()
+    manager.close()

@@ -1,0 +1,226 @@
+"""Federated simulation (ctjax/federated.py): the clients' data and one round of
+FedAvg, FedProx and FedAdam against hand-written loops over the clients."""
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import run_util
+import test_resume
+import tolerances
+from ctjax import federated
+from ctjax import models
+from ctjax import tasks
+from ctjax.data.sources.memory import ArraySource
+from ctjax.errors import UserError
+
+FEATURES, CLASSES = 6, 3
+
+
+def _source(n: int = 300, seed: int = 0) -> ArraySource:
+  rng = np.random.default_rng(seed)
+  return ArraySource({"inputs": rng.normal(size=(n, FEATURES)).astype(np.float32),
+                      "label": rng.integers(0, CLASSES, n).astype(np.int32)},
+                     columns={"site": np.array(["a", "b", "c"])[np.arange(n) % 3]})
+
+
+@pytest.mark.parametrize("options", [{}, {"dirichlet_alpha": 0.3},
+                                     {"column": "site"}])
+def test_partitions_are_disjoint_cover_the_data_and_are_reproducible(options):
+  source = _source()
+  parts = federated.partition(source, 3, seed=0, **options)
+  joined = np.sort(np.concatenate(parts))
+  np.testing.assert_array_equal(joined, np.arange(len(source)))
+  again = federated.partition(source, 3, seed=0, **options)
+  assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+def test_a_column_partition_gives_each_site_its_own_examples():
+  source = _source()
+  parts = federated.partition(source, 3, seed=0, column="site")
+  for part, site in zip(parts, "abc"):
+    assert set(source.columns["site"][part]) == {site}
+  with pytest.raises(UserError, match="has 3 distinct values"):
+    federated.partition(source, 4, seed=0, column="site")
+  with pytest.raises(UserError, match="no such column"):
+    federated.partition(source, 3, seed=0, column="hospital")
+
+
+def test_a_small_dirichlet_alpha_skews_the_clients_labels():
+  """Each client's share of its most common class: with alpha = 0.1 most
+  clients are dominated by one class; with alpha = 100 every client is close
+  to the uniform 1/3 (the mean over 10 clients and 5 seeds, so one unlucky
+  draw does not decide)."""
+  source = _source(3000)
+
+  def dominance(alpha):
+    shares = []
+    for seed in range(5):
+      for part in federated.partition(source, 10, seed=seed, dirichlet_alpha=alpha):
+        if len(part):
+          shares.append(np.bincount(source.labels[part], minlength=3).max() / len(part))
+    return np.mean(shares)
+
+  assert dominance(0.1) > 0.8
+  assert dominance(100.0) < 0.4
+
+
+def test_a_rounds_clients_and_batches_are_drawn_from_their_own_data():
+  parts = federated.partition(_source(), 3, seed=0, column="site")
+  clients, indices, weights = federated.sample_round(
+      parts, 4, clients_per_round=2, local_steps=3, batch_size=5, seed=0)
+  assert len(set(clients)) == 2 and indices.shape == (2, 3, 5)
+  for client, drawn in zip(clients, indices):
+    assert set(drawn.ravel()) <= set(parts[client])
+  np.testing.assert_allclose(weights, [0.5, 0.5])
+  again = federated.sample_round(parts, 4, clients_per_round=2, local_steps=3,
+                                 batch_size=5, seed=0)
+  np.testing.assert_array_equal(again[1], indices)
+
+
+def _setup(n_clients=3, local_steps=2, batch=8, seed=0):
+  model = models.get_model(dict(name="mlp", num_classes=CLASSES, hidden_sizes=(16,)))
+  rng = np.random.default_rng(seed)
+  batches = {
+      "inputs": rng.normal(size=(n_clients, local_steps, batch, FEATURES)).astype(
+          np.float32),
+      "label": rng.integers(0, CLASSES, (n_clients, local_steps, batch)).astype(
+          np.int32),
+      "mask": np.ones((n_clients, local_steps, batch), np.float32)}
+  params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed),
+                                    batches["inputs"][0, 0])["params"])
+  weights = np.array([0.5, 0.3, 0.2], np.float32)[:n_clients]
+  return model, batches, params, weights
+
+
+def _hand_written_round(model, params, batches, weights, lr, mu=0.0):
+  """Each client: `local_steps` plain SGD steps on its mean loss (plus FedProx's
+  mu/2 ||w - w_global||^2) from the global parameters; returns the weighted
+  mean change."""
+  def loss(p, x, y):
+    logits = model.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  mean_delta = jax.tree.map(jnp.zeros_like, params)
+  for c in range(len(weights)):
+    p = params
+    for e in range(batches["inputs"].shape[1]):
+      g = jax.grad(loss)(p, batches["inputs"][c, e], batches["label"][c, e])
+      p = jax.tree.map(lambda w, g, w0: w - lr * (g + mu * (w - w0)), p, g, params)
+    mean_delta = jax.tree.map(lambda m, w, w0: m + weights[c] * (w - w0),
+                              mean_delta, p, params)
+  return mean_delta
+
+
+def _round(algorithm, model, params, batches, weights, lr, **kw):
+  local_tx = optax.sgd(lr)
+  round_ = federated.make_round(
+      model, local_tx, algorithm=algorithm,
+      per_example_loss=tasks.get("classification").per_example_loss, **kw)
+  new, _, losses = round_.run(params, round_.server_tx.init(params), batches,
+                              weights, jax.random.PRNGKey(0))
+  return new, losses
+
+
+# Reorderable float32 terms on the path to a parameter: a batch of 8 through a
+# 6-16-3 network, twice (forward and backward), over 2 local steps
+# (tests/tolerances.py).
+TERMS = 8 + 2 * (6 + 16 + 3)
+
+
+@pytest.mark.parametrize("algorithm, mu", [("fedavg", 0.0), ("fedprox", 0.5)])
+def test_a_fedavg_or_fedprox_round_is_the_weighted_mean_of_the_clients(algorithm, mu):
+  model, batches, params, weights = _setup()
+  new, losses = _round(algorithm, model, params, batches, weights, lr=0.1, mu=mu)
+  expected = jax.tree.map(jnp.add, params,
+                          _hand_written_round(model, params, batches, weights, 0.1, mu))
+  tolerances.assert_close_normwise(new, expected, tolerances.curve_rtol(2, TERMS))
+  assert losses.shape == (3,) and np.all(np.isfinite(losses))
+
+
+def test_fedprox_keeps_the_clients_closer_to_the_global_model():
+  model, batches, params, weights = _setup()
+  distance = lambda new: float(optax.tree.norm(jax.tree.map(jnp.subtract, new, params)))
+  avg, _ = _round("fedavg", model, params, batches, weights, lr=0.5)
+  prox, _ = _round("fedprox", model, params, batches, weights, lr=0.5, mu=1.0)
+  assert distance(prox) < distance(avg)
+
+
+def test_a_fedadam_round_applies_adam_to_the_mean_change():
+  """The server's step: optax.adam (b2 0.99, eps 1e-3) on minus the clients'
+  weighted mean change, from a fresh server state."""
+  model, batches, params, weights = _setup()
+  new, _ = _round("fedadam", model, params, batches, weights, lr=0.1,
+                  server_lr=0.01)
+  pseudo = jax.tree.map(jnp.negative,
+                        _hand_written_round(model, params, batches, weights, 0.1))
+  adam = optax.adam(0.01, b1=0.9, b2=0.99, eps=1e-3)
+  updates, _ = adam.update(pseudo, adam.init(params), params)
+  expected = optax.apply_updates(params, updates)
+  # Adam's first step is lr g / (|g| + eps): its slope in g is at most 1/eps, so
+  # the clients' float32 sums, within curve_rtol of each array's largest change
+  # (tests/tolerances.py), move it by at most lr / eps times that; adding it to
+  # the parameters rounds once more.
+  rtol = tolerances.curve_rtol(2, TERMS)
+  for got, want, change, start in zip(*map(jax.tree.leaves,
+                                           (new, expected, pseudo, params))):
+    bound = (0.01 / 1e-3 * rtol * np.abs(change).max()
+             + 2 * tolerances.U32 * np.abs(start).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=bound)
+
+
+# Federated training of the breast-cancer table: 3 clients, 4 rounds of 3 local
+# steps, checkpoints every 2 rounds.
+FEDERATED_CONFIG = {
+    "seed": 0,
+    "data": run_util.BREAST_CANCER_DATA,
+    "model": {"name": "mlp", "num_classes": 2, "hidden_sizes": (16,)},
+    "batch_size": 16, "eval_every": 2, "eval_splits": ("validation",),
+    "final_eval_splits": ("validation",),
+    "optim": {"name": "sgd", "lr": 0.1, "schedule": {"name": "constant"}},
+    "checkpoint": {"every": 2, "keep": 3},
+    "federated": {"clients": 3, "rounds": 4, "local_steps": 3,
+                  "clients_per_round": 2, "algorithm": "fedadam", "server_lr": 0.05,
+                  "dirichlet_alpha": 0.5},
+}
+
+
+def _train(tmp_path, config, workdir):
+  from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return federated.train_federated(
+      config_lib.load_config(run_util.write_config(tmp_path, config)), str(workdir))
+
+
+def test_federated_rounds_log_per_client_and_resume_exactly(tmp_path):
+  reference = tmp_path / "reference"
+  final = _train(tmp_path, FEDERATED_CONFIG, reference)
+  records = run_util.metrics(reference)
+  assert [r["step"] for r in records] == [1, 2, 3, 4]
+  for r in records:  # Two of the three clients a round, weighted into the mean.
+    assert len([k for k in r if k.startswith("client_")]) == 2
+  assert "validation/accuracy" in records[1] and "validation/accuracy" in records[3]
+  assert final["validation/accuracy"] == records[3]["validation/accuracy"]
+  assert run_util.checkpoint_steps(reference) == [2, 4]
+
+  resumed = tmp_path / "resumed"
+  shutil.copytree(reference, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "4")
+  _train(tmp_path, FEDERATED_CONFIG, resumed)
+  test_resume.assert_bitwise_equal(run_util.saved_state(resumed, 4),
+                                   run_util.saved_state(reference, 4))
+  assert run_util.metrics(resumed) == records
+
+
+def test_federated_mistakes_name_the_key(tmp_path):
+  for federated_config, says in (
+      ({"clients": 3, "rounds": 2, "local_steps": 1, "local_epochs": 1},
+       "config.federated.local_epochs: not an option"),
+      ({"clients": 3, "clients_per_round": 5}, "clients_per_round=5"),
+      ({"clients": 3, "algorithm": "fedsgd"}, "algorithm='fedsgd'")):
+    with pytest.raises(UserError, match=says):
+      _train(tmp_path, {**FEDERATED_CONFIG, "federated": federated_config},
+             tmp_path / "run")
