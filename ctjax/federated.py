@@ -10,9 +10,11 @@ a site, by a seeded Dirichlet split of the labels for non-IID studies, or IID.
 config.checkpoint.every rounds (a resumed run draws the same clients and batches:
 they are functions of (seed, round)), logs train/loss and each sampled client's
 loss per round (step = round in metrics.jsonl), and runs the config's
-evaluators on the global model. Not yet: the client axis sharded over a mesh
-(one device runs all clients), DP-FedAvg, and the deployed, multi-process
-version (issue 12 §2-§3).
+evaluators on the global model. With config.privacy, DP-FedAvg: clients
+Poisson-sampled, their changes clipped and noised, user-level epsilon in the
+log (see `make_round`). Not yet: the client axis sharded over a mesh (one
+device runs all clients), and the deployed, multi-process version (issue 12
+§3).
 
 A round: the server sends the global parameters to m sampled clients; each runs
 `local_steps` steps of the trainer's own update (`train.make_train_step`: the
@@ -88,20 +90,25 @@ def partition(source: Any, num_clients: int, *, seed: int,
 
 def sample_round(partitions: list[np.ndarray], round_index: int, *,
                  clients_per_round: int, local_steps: int, batch_size: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 seed: int, clients: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A round's (client ids [m], example indices [m, local_steps, batch_size],
-  weights [m]): clients drawn without replacement, each client's batches drawn
-  from its own examples (with replacement across steps), weights the clients'
-  example counts over their sum. A function of (seed, round) alone, so a
+  weights [m]): clients drawn without replacement (or `clients` given, -1 for
+  a padding client, DP-FedAvg's), each client's batches drawn from its own
+  examples (with replacement across steps), weights the clients' example counts
+  over their sum (0 for padding). A function of (seed, round) alone, so a
   resumed run draws the same."""
   rng = np.random.default_rng([seed, round_index, 0xc11e])
-  clients = np.sort(rng.choice(len(partitions), clients_per_round, replace=False))
+  if clients is None:
+    clients = np.sort(rng.choice(len(partitions), clients_per_round, replace=False))
+  # A padding client trains on client 0's data; its update is weighted out.
   indices = np.stack([
-      rng.choice(partitions[c], (local_steps, batch_size),
-                 replace=len(partitions[c]) < local_steps * batch_size)
+      rng.choice(partitions[max(c, 0)], (local_steps, batch_size),
+                 replace=len(partitions[max(c, 0)]) < local_steps * batch_size)
       for c in clients])
-  sizes = np.array([len(partitions[c]) for c in clients], np.float64)
-  return clients, indices, (sizes / sizes.sum()).astype(np.float32)
+  sizes = np.array([len(partitions[c]) if c >= 0 else 0 for c in clients],
+                   np.float64)
+  return clients, indices, (sizes / max(sizes.sum(), 1)).astype(np.float32)
 
 
 class ProximalState(NamedTuple):
@@ -142,9 +149,18 @@ class Round:
 
 def make_round(model: Any, local_tx: optax.GradientTransformation, *,
                algorithm: str, server_lr: float = 1.0, mu: float = 0.0,
-               per_example_loss: Callable[[jax.Array, jax.Array], jax.Array]
-               ) -> Round:
-  """One federated round of `model`, clients training with `local_tx`."""
+               per_example_loss: Callable[[jax.Array, jax.Array], jax.Array],
+               dp: Any = None) -> Round:
+  """One federated round of `model`, clients training with `local_tx`.
+
+  With `dp` (a `privacy.Privacy` over clients), DP-FedAvg (McMahan et al.
+  2018): each real client's change is clipped to norm dp.clip_norm, the clipped
+  changes are summed, Gaussian noise of standard deviation noise_multiplier x
+  clip_norm is added, and the sum is divided by the expected number of clients:
+  (epsilon, delta) with respect to adding or removing one client's whole data.
+  Clients count equally there (a client's weight would be its data's size,
+  which the guarantee must not depend on); a weight > 0 marks a real client.
+  """
   server_tx = server_optimizer(algorithm, server_lr)
   if algorithm == "fedprox":
     local_tx = optax.chain(proximal(mu), local_tx)
@@ -162,14 +178,33 @@ def make_round(model: Any, local_tx: optax.GradientTransformation, *,
     rngs = jax.random.split(rng, weights.shape[0])
     deltas, losses = jax.vmap(client_update, in_axes=(None, 0, 0))(
         params, batches, rngs)
-    # The server's pseudo-gradient: minus the clients' weighted mean change.
-    pseudo_gradient = jax.tree.map(lambda d: -jnp.tensordot(weights, d, axes=1),
-                                   deltas)
+    if dp is None:
+      # The server's pseudo-gradient: minus the clients' weighted mean change.
+      pseudo_gradient = jax.tree.map(lambda d: -jnp.tensordot(weights, d, axes=1),
+                                     deltas)
+    else:
+      pseudo_gradient = _private_mean_change(deltas, weights > 0, dp,
+                                             jax.random.fold_in(rng, 1))
     updates, server_opt_state = server_tx.update(pseudo_gradient, server_opt_state,
                                                  params)
     return optax.apply_updates(params, updates), server_opt_state, losses
 
   return Round(run=jax.jit(run), server_tx=server_tx)
+
+
+def _private_mean_change(deltas: Any, real: jax.Array, dp: Any,
+                         rng: jax.Array) -> Any:
+  """Minus the clipped, noised mean of the real clients' changes [m, ...]."""
+  norms = jnp.sqrt(sum(jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1)
+                       for d in jax.tree.leaves(deltas)))
+  scale = jnp.where(real, jnp.minimum(1.0, dp.clip_norm / jnp.maximum(norms, 1e-30)),
+                    0.0)
+  leaves, treedef = jax.tree.flatten(deltas)
+  keys = jax.random.split(rng, len(leaves))
+  std = dp.noise_multiplier * dp.clip_norm
+  noised = [jnp.tensordot(scale, d, axes=1) + std * jax.random.normal(k, d.shape[1:])
+            for d, k in zip(leaves, keys)]
+  return jax.tree.unflatten(treedef, [-x / dp.expected_batch_size for x in noised])
 
 
 OPTIONS = {  # config.federated keys and defaults
@@ -211,7 +246,8 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   # pylint: disable=g-import-not-at-top
   import flax.linen as nn
   from ctjax import checkpoint, config as config_lib, durations
-  from ctjax import evaluators as evaluators_lib, models, optim, sharding, tasks
+  from ctjax import evaluators as evaluators_lib, models, optim, privacy
+  from ctjax import sharding, tasks
   from ctjax import writers
   from ctjax.data import ops, pipeline
   from ctjax.data import splits as splits_lib
@@ -241,6 +277,14 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
                     f"({[len(p) for p in parts]}); use fewer clients or a larger "
                     "dirichlet_alpha")
   per_round = options["clients_per_round"] or options["clients"]
+  # DP-FedAvg (config.privacy): clients Poisson-sampled, user-level accounting.
+  dp = privacy.configure(config, num_examples=options["clients"],
+                         expected_batch_size=per_round, total_steps=options["rounds"],
+                         batch_multiple=1, unit="clients")
+  if dp:
+    privacy.record(workdir, dp, write=True)
+    writers.info(dp.describe().replace("DP-SGD", "DP-FedAvg") + "; epsilon after "
+                 f"{options['rounds']} rounds {dp.epsilon(options['rounds']):.4g}")
   writers.info(f"federated: {options['clients']} clients "
                f"({', '.join(str(len(p)) for p in parts)} examples), {per_round} a "
                f"round, {options['rounds']} rounds of {options['local_steps']} local "
@@ -250,7 +294,8 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
     clients, indices, weights = sample_round(
         parts, round_index, clients_per_round=per_round,
         local_steps=options["local_steps"], batch_size=config.batch_size,
-        seed=config.seed)
+        seed=config.seed,
+        clients=privacy.sampled_indices(round_index, dp, config.seed) if dp else None)
     batch = pipeline.batch_of(loaders["train"], indices.reshape(-1), round_index,
                               seed=config.seed)
     batch = {k: v.reshape(*indices.shape, *v.shape[1:]) for k, v in batch.items()}
@@ -261,7 +306,7 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
                                   train_examples=None)[0]
   round_ = make_round(model, local_tx, algorithm=options["algorithm"],
                       server_lr=options["server_lr"], mu=options["mu"],
-                      per_example_loss=task.per_example_loss)
+                      per_example_loss=task.per_example_loss, dp=dp)
   _, first, _ = load(0)
 
   def init_state(rng):
@@ -305,7 +350,10 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
                    server_opt_state=server_opt_state)
       losses = np.asarray(losses)
       scalars = {"train/loss": float(np.dot(weights, losses)),
-                 **{f"client_{c}/loss": float(l) for c, l in zip(clients, losses)}}
+                 **{f"client_{c}/loss": float(l) for c, l in zip(clients, losses)
+                    if c >= 0}}
+      if dp:
+        scalars["privacy/epsilon"] = dp.epsilon(r)
       due = [e for e in evaluators if e.due(r, rounds)]
       if due:
         for evaluator in due:
@@ -314,8 +362,10 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
       writers.info(f"round {r}/{rounds}  " + writers.format_scalars(
           {k: v for k, v in scalars.items() if not k.startswith("client_")}))
       if r == rounds or (checkpoint_every and r % checkpoint_every == 0):
-        checkpoint.save(manager, state, {"step": r, "seed": config.seed},
-                        force=r == rounds)
+        position = {"step": r, "seed": config.seed}
+        if dp:
+          position["epsilon"] = dp.epsilon(r)
+        checkpoint.save(manager, state, position, force=r == rounds)
       final = scalars
     manager.wait_until_finished()
     return final

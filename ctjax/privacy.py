@@ -129,9 +129,15 @@ def default_physical_batch_size(expected: int, num_examples: int, multiple: int)
 
 
 def configure(config: Any, *, num_examples: int, total_steps: int,
-              batch_multiple: int) -> Privacy | None:
+              batch_multiple: int, expected_batch_size: int | None = None,
+              unit: str = "training examples") -> Privacy | None:
   """config.privacy checked and resolved (None without it); UserError naming
-  the key on a mistake, before anything compiles."""
+  the key on a mistake, before anything compiles.
+
+  What is sampled is `num_examples` units (training examples for DP-SGD;
+  clients for DP-FedAvg, ctjax/federated.py), `expected_batch_size` of them a
+  step (default config.batch_size)."""
+  expected = expected_batch_size or config.batch_size
   spec = config.get("privacy")
   if not spec:
     return None
@@ -150,14 +156,14 @@ def configure(config: Any, *, num_examples: int, total_steps: int,
                       "is required")
   if spec["delta"] >= 1 / num_examples:
     raise UserError(f"config.privacy.delta={spec['delta']:g}: must be below 1/N = "
-                    f"{1 / num_examples:.3g} for N={num_examples} training "
-                    "examples (else the guarantee allows leaking an example)")
-  if config.batch_size >= num_examples:
-    raise UserError(f"config.batch_size={config.batch_size}: DP-SGD samples a "
-                    f"fraction of the {num_examples} training examples a step; "
-                    "use a smaller batch")
+                    f"{1 / num_examples:.3g} for N={num_examples} {unit} (else "
+                    "the guarantee allows leaking one)")
+  if expected >= num_examples:
+    raise UserError(f"{expected} of {num_examples} {unit} a step: DP samples a "
+                    f"fraction of them; take fewer (config.batch_size, or "
+                    "config.federated.clients_per_round)")
   physical = spec.get("physical_batch_size") or default_physical_batch_size(
-      config.batch_size, num_examples, batch_multiple)
+      expected, num_examples, batch_multiple)
   if physical % batch_multiple:
     raise UserError(f"config.privacy.physical_batch_size={physical}: must be a "
                     f"multiple of {batch_multiple} (the batch's shards, processes "
@@ -165,7 +171,7 @@ def configure(config: Any, *, num_examples: int, total_steps: int,
   privacy = Privacy(clip_norm=float(spec["clip_norm"]),
                     noise_multiplier=float(spec.get("noise_multiplier") or 0.0),
                     delta=float(spec["delta"]), num_examples=num_examples,
-                    expected_batch_size=int(config.batch_size),
+                    expected_batch_size=int(expected),
                     physical_batch_size=int(physical),
                     target_epsilon=spec.get("target_epsilon"))
   if privacy.target_epsilon is not None:

@@ -1,5 +1,6 @@
 """Federated simulation (ctjax/federated.py): the clients' data and one round of
 FedAvg, FedProx and FedAdam against hand-written loops over the clients."""
+import json
 import shutil
 
 import flax.linen as nn
@@ -14,6 +15,7 @@ import test_resume
 import tolerances
 from ctjax import federated
 from ctjax import models
+from ctjax import privacy
 from ctjax import tasks
 from ctjax.data.sources.memory import ArraySource
 from ctjax.errors import UserError
@@ -97,23 +99,27 @@ def _setup(n_clients=3, local_steps=2, batch=8, seed=0):
   return model, batches, params, weights
 
 
-def _hand_written_round(model, params, batches, weights, lr, mu=0.0):
+def _client_changes(model, params, batches, lr, mu=0.0):
   """Each client: `local_steps` plain SGD steps on its mean loss (plus FedProx's
-  mu/2 ||w - w_global||^2) from the global parameters; returns the weighted
-  mean change."""
+  mu/2 ||w - w_global||^2) from the global parameters; its change."""
   def loss(p, x, y):
     logits = model.apply({"params": p}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  mean_delta = jax.tree.map(jnp.zeros_like, params)
-  for c in range(len(weights)):
+  changes = []
+  for c in range(batches["inputs"].shape[0]):
     p = params
     for e in range(batches["inputs"].shape[1]):
       g = jax.grad(loss)(p, batches["inputs"][c, e], batches["label"][c, e])
       p = jax.tree.map(lambda w, g, w0: w - lr * (g + mu * (w - w0)), p, g, params)
-    mean_delta = jax.tree.map(lambda m, w, w0: m + weights[c] * (w - w0),
-                              mean_delta, p, params)
-  return mean_delta
+    changes.append(jax.tree.map(jnp.subtract, p, params))
+  return changes
+
+
+def _hand_written_round(model, params, batches, weights, lr, mu=0.0):
+  """The clients' changes' mean, weighted."""
+  changes = _client_changes(model, params, batches, lr, mu)
+  return jax.tree.map(lambda *d: sum(w * x for w, x in zip(weights, d)), *changes)
 
 
 def _round(algorithm, model, params, batches, weights, lr, **kw):
@@ -224,3 +230,53 @@ def test_federated_mistakes_name_the_key(tmp_path):
     with pytest.raises(UserError, match=says):
       _train(tmp_path, {**FEDERATED_CONFIG, "federated": federated_config},
              tmp_path / "run")
+
+
+def _client_privacy(**changes):
+  values = dict(clip_norm=0.05, noise_multiplier=0.0, delta=1e-3, num_examples=10,
+                expected_batch_size=2, physical_batch_size=3, target_epsilon=None)
+  return privacy.Privacy(**{**values, **changes})
+
+
+def test_dp_fedavg_clips_each_clients_change_and_divides_by_the_expected_count():
+  """Two real clients and a padding one (weight 0): each real change scaled down
+  to norm 0.05, summed, divided by the expected 2 clients, whatever the clients'
+  sizes; the padding client adds nothing."""
+  model, batches, params, _ = _setup()
+  weights = np.array([0.7, 0.3, 0.0], np.float32)
+  new, _ = _round("fedavg", model, params, batches, weights, lr=0.1,
+                  dp=_client_privacy())
+  changes = _client_changes(model, params, batches, 0.1)[:2]
+  clipped = [jax.tree.map(lambda x, c=c: x * min(1.0, 0.05 / float(optax.tree.norm(c))),
+                          c) for c in changes]
+  assert all(float(optax.tree.norm(c)) > 0.05 for c in changes)  # Both clipped.
+  expected = jax.tree.map(lambda w, a, b: w + (a + b) / 2, params, *clipped)
+  tolerances.assert_close_normwise(new, expected, tolerances.curve_rtol(2, TERMS))
+
+
+def test_dp_fedavg_noise_has_the_stated_scale():
+  """No real client: the change is the noise alone over the expected count,
+  N(0, (1.5 x 0.05 / 2)^2) per parameter, within six standard errors (see
+  tests/test_privacy.py)."""
+  model, batches, params, _ = _setup()
+  new, _ = _round("fedavg", model, params, batches, np.zeros(3, np.float32), lr=0.1,
+                  dp=_client_privacy(noise_multiplier=1.5))
+  values = np.concatenate([np.ravel(a - b) for a, b in
+                           zip(jax.tree.leaves(new), jax.tree.leaves(params))])
+  std = 1.5 * 0.05 / 2
+  assert abs(values.std() / std - 1) < 6 / np.sqrt(2 * values.size)
+
+
+def test_a_dp_fedavg_run_logs_the_clients_epsilon(tmp_path):
+  config = {**FEDERATED_CONFIG, "checkpoint": {"every": 4, "keep": 1},
+            "federated": {**FEDERATED_CONFIG["federated"], "clients": 10,
+                          "clients_per_round": 3, "dirichlet_alpha": 0.0},
+            "privacy": {"clip_norm": 0.1, "noise_multiplier": 1.0, "delta": 1e-3}}
+  workdir = tmp_path / "run"
+  _train(tmp_path, config, workdir)
+  dp = privacy.Privacy(**json.loads((workdir / "privacy.json").read_text()))
+  assert (dp.num_examples, dp.expected_batch_size) == (10, 3)
+  spent = run_util.curve(workdir, "privacy/epsilon")
+  assert sorted(spent) == [1, 2, 3, 4]
+  assert all(spent[r] == pytest.approx(dp.epsilon(r), rel=1e-12) for r in spent)
+  assert run_util.checkpoint_position(workdir, 4)["epsilon"] == spent[4]
