@@ -12,7 +12,7 @@ NUMERIC_TESTS := tests/test_train.py tests/test_sharding.py tests/test_multiproc
 	tests/test_checkpoint.py tests/test_resume.py tests/test_models.py tests/test_optim.py \
 	tests/test_metrics.py tests/test_data_pipeline.py tests/test_hf.py tests/test_tasks.py \
 	tests/test_slices.py tests/test_evaluation.py tests/test_population.py \
-	tests/test_mixed_precision.py tests/test_privacy.py
+	tests/test_mixed_precision.py tests/test_privacy.py tests/test_federated.py
 
 .PHONY: train test test-isa bench clean
 
