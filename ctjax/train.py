@@ -511,9 +511,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     metric_sums.read(sums, first_step=tick_step)  # Never save a diverged state.
     # Orbax ranks checkpoints by config.checkpoint.best_metric: a checkpoint
     # whose step evaluated others only (a linear probe, say) is not ranked.
+    # A step without the metric (or without any evaluation: final_eval_splits
+    # may be empty) saves with None, never {}, which Orbax would try to rank.
     best = config.checkpoint.best_metric
-    if best and metrics and best not in metrics:
-      if force:  # The end of training: the metric was never evaluated.
+    if best and best not in (metrics or {}):
+      if force and metrics:  # The end of training: the metric was never evaluated.
         info(f"config.checkpoint.best_metric={best!r} is not among the final "
              f"metrics ({', '.join(sorted(metrics))}); no checkpoint is ranked")
       metrics = None

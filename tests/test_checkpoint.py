@@ -91,6 +91,18 @@ def test_keeps_last_k_and_best_checkpoints(reference):
   assert run_util.checkpoint_steps(reference) == sorted({*saved[-2:], worst})
 
 
+def test_a_run_without_final_evaluation_ends_with_a_best_metric_configured(tmp_path):
+  """The last save has no metrics when nothing is evaluated at the end
+  (final_eval_splits=()): it must not be ranked by the best metric, nor crash
+  the run (Orbax's ranking once failed on an empty dict there)."""
+  config = run_util.write_config(tmp_path, {
+      **run_util.MLP_CONFIG, "train_duration": 6, "eval_every": 0,
+      "final_eval_splits": (), "checkpoint": {"every": 2, "keep": 2,
+                                              "best_metric": "validation/loss"}})
+  run_util.train(config, tmp_path / "run", devices=1)
+  assert run_util.checkpoint_steps(tmp_path / "run") == [4, 6]
+
+
 def test_sigkill_after_checkpoint_then_rerun_is_bit_identical(reference, tmp_path):
   workdir = tmp_path / "run"
   run = run_util.start(config_of(reference), workdir)
