@@ -307,10 +307,11 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   round_ = make_round(model, local_tx, algorithm=options["algorithm"],
                       server_lr=options["server_lr"], mu=options["mu"],
                       per_example_loss=task.per_example_loss, dp=dp)
-  _, first, _ = load(0)
+  # One example, for the parameters' shapes.
+  example = loaders["train"].load(np.zeros(1, np.int64), None)["inputs"]
 
   def init_state(rng):
-    params = nn.meta.unbox(model.init({"params": rng}, first["inputs"][0, 0, :1],
+    params = nn.meta.unbox(model.init({"params": rng}, example,
                                       train=False)["params"])
     return {"step": jnp.zeros((), jnp.int32), "params": params,
             "server_opt_state": round_.server_tx.init(params),

@@ -91,6 +91,9 @@ def _step_distribution(num_examples: int, sampling_rate: float, physical: int,
       value_discretization_interval=DISCRETIZATION)
 
 
+# Cached: a step that logs and saves asks twice, and calibration then the run's
+# start-up ask for the planned steps' epsilon again.
+@functools.lru_cache(maxsize=256)
 def epsilon(steps: int, noise_multiplier: float, privacy: Privacy) -> float:
   """Epsilon of `steps` steps at this noise, by composing the step's privacy
   loss distribution (dp-accounting's PLD accounting); 0 before any step."""
