@@ -134,6 +134,10 @@ def base_config() -> ConfigDict:
   # TensorFlow, whose import costs a few seconds of every run's start-up; off,
   # metrics still go to metrics.jsonl and stdout.
   c.tensorboard = True
+  # At the end of training, statistics of (a subsample of) the training inputs and
+  # predictions in WORKDIR/reference/, which `ctjax monitor` compares new data
+  # against (ctjax/monitor.py); seconds of forward passes.
+  c.reference_statistics = True
   # A jax.profiler trace of `steps` train steps from `start_step` (after
   # compilation and warm-up), in WORKDIR/profile with a summary of where the time
   # went (ctjax/profiling.py); 0 steps: none.

@@ -12,9 +12,9 @@ they are functions of (seed, round)), logs train/loss and each sampled client's
 loss per round (step = round in metrics.jsonl), and runs the config's
 evaluators on the global model. With config.privacy, DP-FedAvg: clients
 Poisson-sampled, their changes clipped and noised, user-level epsilon in the
-log (see `make_round`). Not yet: the client axis sharded over a mesh (one
-device runs all clients), and the deployed, multi-process version (issue 12
-§3).
+log (see `make_round`). The same config deployed across sites, one process
+each: ctjax/flower.py (`prepare` and `run_rounds` are shared with it). Not yet:
+the client axis sharded over a mesh (one device runs all clients).
 
 A round: the server sends the global parameters to m sampled clients; each runs
 `local_steps` steps of the trainer's own update (`train.make_train_step`: the
@@ -31,11 +31,13 @@ All m clients' local training is one `jax.vmap` over the client axis of a
 `lax.scan` over their local steps: one program, whatever the clients.
 """
 import dataclasses
+import hashlib
 import os
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -88,27 +90,62 @@ def partition(source: Any, num_clients: int, *, seed: int,
   return [np.sort(p) for p in np.array_split(rng.permutation(n), num_clients)]
 
 
-def sample_round(partitions: list[np.ndarray], round_index: int, *,
+def site_names(source: Any, num_clients: int, column: str | None) -> list[str]:
+  """The clients' names, in `partition`'s order: the column's sorted values, or
+  "0".."n-1". A deployed client (`ctjax federated client --site NAME`) is the
+  simulated client of the same name."""
+  if column:
+    return [str(v) for v in np.unique(np.asarray(source.columns[column]))]
+  return [str(c) for c in range(num_clients)]
+
+
+def client_key(site: str) -> int:
+  """A client's 31-bit id, from its name: what its batches and its training's
+  random numbers are drawn with, so that the simulation and a deployed client of
+  that name (ctjax/flower.py) draw the same, whoever else takes part."""
+  return int.from_bytes(hashlib.sha256(site.encode()).digest()[:4], "little") >> 1
+
+
+def client_indices(examples: np.ndarray, key: int, round_index: int, *,
+                   local_steps: int, batch_size: int, seed: int) -> np.ndarray:
+  """A client's example indices for a round [local_steps, batch_size]: drawn
+  from its own `examples` (with replacement across steps), a function of (seed,
+  round, client) alone."""
+  rng = np.random.default_rng([seed, round_index, key, 0xc11e])
+  return rng.choice(examples, (local_steps, batch_size),
+                    replace=len(examples) < local_steps * batch_size)
+
+
+def sample_round(partitions: list[np.ndarray], keys: list[int], round_index: int, *,
                  clients_per_round: int, local_steps: int, batch_size: int,
                  seed: int, clients: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A round's (client ids [m], example indices [m, local_steps, batch_size],
   weights [m]): clients drawn without replacement (or `clients` given, -1 for
-  a padding client, DP-FedAvg's), each client's batches drawn from its own
-  examples (with replacement across steps), weights the clients' example counts
-  over their sum (0 for padding). A function of (seed, round) alone, so a
-  resumed run draws the same."""
-  rng = np.random.default_rng([seed, round_index, 0xc11e])
+  a padding client, DP-FedAvg's), each client's batches by `client_indices`,
+  weights the clients' example counts over their sum (0 for padding). A
+  function of (seed, round) alone, so a resumed run draws the same."""
   if clients is None:
+    rng = np.random.default_rng([seed, round_index, 0xc11e])
     clients = np.sort(rng.choice(len(partitions), clients_per_round, replace=False))
   # A padding client trains on client 0's data; its update is weighted out.
   indices = np.stack([
-      rng.choice(partitions[max(c, 0)], (local_steps, batch_size),
-                 replace=len(partitions[max(c, 0)]) < local_steps * batch_size)
+      client_indices(partitions[max(c, 0)], keys[max(c, 0)], round_index,
+                     local_steps=local_steps, batch_size=batch_size, seed=seed)
       for c in clients])
   sizes = np.array([len(partitions[c]) if c >= 0 else 0 for c in clients],
                    np.float64)
   return clients, indices, (sizes / max(sizes.sum(), 1)).astype(np.float32)
+
+
+def client_batch(loader: Any, indices: np.ndarray, key: int, round_index: int, *,
+                 seed: int) -> dict[str, np.ndarray]:
+  """A client's round of batches [local_steps, batch_size, ...] of examples
+  `indices`; augmentation drawn from (seed, client, round)."""
+  from ctjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  batch = pipeline.batch_of(loader, indices.reshape(-1), round_index,
+                            seed=(seed << 32) + key)
+  return {k: v.reshape(*indices.shape, *v.shape[1:]) for k, v in batch.items()}
 
 
 class ProximalState(NamedTuple):
@@ -141,10 +178,29 @@ def server_optimizer(algorithm: str, server_lr: float) -> optax.GradientTransfor
 
 @dataclasses.dataclass(frozen=True)
 class Round:
-  """One round, jitted: (params, server_opt_state, batches, weights, rng) ->
-  (params, server_opt_state, per-client mean losses [m])."""
+  """A round's parts, jitted.
+
+  run: the whole simulated round, (params, server_opt_state, batches [m, ...],
+    weights [m], client keys [m], rng) -> (params, server_opt_state, per-client
+    mean losses [m]);
+  client_update: one client's local training, (params, batches, rng) -> (its
+    change, its mean loss), what a deployed client runs (ctjax/flower.py);
+  server_update: (params, server_opt_state, mean change) -> (params,
+    server_opt_state), what a deployed server applies to the clients' mean.
+  """
   run: Callable[..., Any]
+  client_update: Callable[..., Any]
+  server_update: Callable[..., Any]
   server_tx: optax.GradientTransformation
+
+
+# Folded into a round's key for DP-FedAvg's noise: above every 31-bit client key.
+NOISE_STREAM = 1 << 31
+
+
+def client_rng(round_rng: jax.Array, key: int | jax.Array) -> jax.Array:
+  """A client's random numbers in a round: from the round's key and its own."""
+  return jax.random.fold_in(round_rng, key)
 
 
 def make_round(model: Any, local_tx: optax.GradientTransformation, *,
@@ -174,27 +230,30 @@ def make_round(model: Any, local_tx: optax.GradientTransformation, *,
     delta = jax.tree.map(jnp.subtract, state["params"], params)
     return delta, jnp.mean(metrics["loss"])
 
-  def run(params, server_opt_state, batches, weights, rng):
-    rngs = jax.random.split(rng, weights.shape[0])
+  def server_update(params, server_opt_state, mean_change):
+    # The server's pseudo-gradient is minus the clients' mean change.
+    updates, server_opt_state = server_tx.update(
+        jax.tree.map(jnp.negative, mean_change), server_opt_state, params)
+    return optax.apply_updates(params, updates), server_opt_state
+
+  def run(params, server_opt_state, batches, weights, keys, rng):
+    rngs = jax.vmap(client_rng, in_axes=(None, 0))(rng, keys)
     deltas, losses = jax.vmap(client_update, in_axes=(None, 0, 0))(
         params, batches, rngs)
     if dp is None:
-      # The server's pseudo-gradient: minus the clients' weighted mean change.
-      pseudo_gradient = jax.tree.map(lambda d: -jnp.tensordot(weights, d, axes=1),
-                                     deltas)
+      mean_change = jax.tree.map(lambda d: jnp.tensordot(weights, d, axes=1), deltas)
     else:
-      pseudo_gradient = _private_mean_change(deltas, weights > 0, dp,
-                                             jax.random.fold_in(rng, 1))
-    updates, server_opt_state = server_tx.update(pseudo_gradient, server_opt_state,
-                                                 params)
-    return optax.apply_updates(params, updates), server_opt_state, losses
+      mean_change = _private_mean_change(deltas, weights > 0, dp,
+                                         jax.random.fold_in(rng, NOISE_STREAM))
+    return (*server_update(params, server_opt_state, mean_change), losses)
 
-  return Round(run=jax.jit(run), server_tx=server_tx)
+  return Round(run=jax.jit(run), client_update=jax.jit(client_update),
+               server_update=jax.jit(server_update), server_tx=server_tx)
 
 
 def _private_mean_change(deltas: Any, real: jax.Array, dp: Any,
                          rng: jax.Array) -> Any:
-  """Minus the clipped, noised mean of the real clients' changes [m, ...]."""
+  """The clipped, noised mean of the real clients' changes [m, ...]."""
   norms = jnp.sqrt(sum(jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1)
                        for d in jax.tree.leaves(deltas)))
   scale = jnp.where(real, jnp.minimum(1.0, dp.clip_norm / jnp.maximum(norms, 1e-30)),
@@ -204,7 +263,7 @@ def _private_mean_change(deltas: Any, real: jax.Array, dp: Any,
   std = dp.noise_multiplier * dp.clip_norm
   noised = [jnp.tensordot(scale, d, axes=1) + std * jax.random.normal(k, d.shape[1:])
             for d, k in zip(leaves, keys)]
-  return jax.tree.unflatten(treedef, [-x / dp.expected_batch_size for x in noised])
+  return jax.tree.unflatten(treedef, [x / dp.expected_batch_size for x in noised])
 
 
 OPTIONS = {  # config.federated keys and defaults
@@ -217,7 +276,14 @@ OPTIONS = {  # config.federated keys and defaults
     "mu": 0.01,                # FedProx's proximal weight
     "partition_column": "",    # one client per value of this column (a site)
     "dirichlet_alpha": 0.0,    # > 0: non-IID label split; else IID
+    # Deployed (ctjax/flower.py) only:
+    "on_client_failure": "drop",  # or "retry": see ctjax/flower.py
+    "min_clients": 1,          # "drop": fewer replies than this fail the round
+    "retries": 2,              # "retry": times a round is run again
+    "round_timeout": 600.0,    # seconds a server waits for a round's replies
+    "secure_aggregation": False,  # Flower's SecAgg+: the server sees only sums
 }
+FAILURE_POLICIES = ("drop", "retry")
 
 
 def _options(config: Any) -> dict[str, Any]:
@@ -234,21 +300,66 @@ def _options(config: Any) -> dict[str, Any]:
     raise UserError(f"config.federated.clients_per_round="
                     f"{options['clients_per_round']}: between 1 and clients="
                     f"{options['clients']} (0: all)")
+  if options["on_client_failure"] not in FAILURE_POLICIES:
+    raise UserError(f"config.federated.on_client_failure="
+                    f"{options['on_client_failure']!r}: choose one of "
+                    f"{', '.join(FAILURE_POLICIES)}")
   server_optimizer(options["algorithm"], options["server_lr"])  # Checks the name.
   return options
 
 
-def train_federated(config: Any, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) `config.federated`'s rounds in `workdir`: the global model
-  checkpointed every config.checkpoint.every rounds, metrics per round and per
-  client in metrics.jsonl (step = round), the config's evaluations of the global
-  model. Returns the final evaluation."""
+@dataclasses.dataclass
+class Federation:
+  """What the simulation, a deployed server and a deployed client build alike
+  from the config (`prepare`): each process reads only the splits it has."""
+  config: Any
+  options: dict[str, Any]
+  model: Any
+  task: Any
+  splits: dict[str, Any]
+  loaders: dict[str, Any]
+  round: Round
+  dp: Any
+
+  def site_partitions(self) -> tuple[list[str], list[np.ndarray]]:
+    """The clients' names and example indices into the train split."""
+    train_source = self.splits["train"]
+    column = self.options["partition_column"] or None
+    parts = partition(train_source, self.options["clients"], seed=self.config.seed,
+                      column=column,
+                      dirichlet_alpha=self.options["dirichlet_alpha"] or None)
+    if min(map(len, parts)) == 0:
+      raise UserError(f"config.federated: a client has no examples "
+                      f"({[len(p) for p in parts]}); use fewer clients or a larger "
+                      "dirichlet_alpha")
+    return site_names(train_source, self.options["clients"], column), parts
+
+  def init_state(self, rng: jax.Array) -> dict[str, Any]:
+    """The global model's state: round, parameters, the server optimizer's."""
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    some_split = self.loaders.get("train") or next(iter(self.loaders.values()))
+    # One example, for the parameters' shapes.
+    example = some_split.load(np.zeros(1, np.int64), None)["inputs"]
+    params = nn.meta.unbox(self.model.init({"params": rng}, example,
+                                           train=False)["params"])
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "server_opt_state": self.round.server_tx.init(params)}
+
+
+def round_rng(seed: int, round_index: int) -> jax.Array:
+  """A round's random numbers, from the seed: every process derives the same."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), round_index + 1)
+
+
+def prepare(config: Any, workdir: str, *, per_round: int | None = None,
+            write_state: bool = True,
+            only_splits: tuple[str, ...] | None = None) -> Federation:
+  """Checks `config` and opens its splits (fitting, or loading
+  WORKDIR/data_state.json): the simulation's, or, named by `only_splits`, what
+  a deployed process reads of config.data.splits: a site its train file, the
+  server its evaluation files."""
   # pylint: disable=g-import-not-at-top
-  import flax.linen as nn
-  from ctjax import checkpoint, config as config_lib, durations
-  from ctjax import evaluators as evaluators_lib, models, optim, privacy
-  from ctjax import sharding, tasks
-  from ctjax import writers
+  from ctjax import config as config_lib, models, optim, privacy, tasks
   from ctjax.data import ops, pipeline
   from ctjax.data import splits as splits_lib
   # pylint: enable=g-import-not-at-top
@@ -256,109 +367,86 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   config_lib.validate(config, device_count=jax.device_count(),
                       process_count=jax.process_count())
   if jax.process_count() > 1:
-    raise UserError("config.federated simulates the clients in one process; run "
-                    "it on one host")
+    raise UserError("config.federated runs the clients of a process on one host; "
+                    "run it as one process (or deploy it: ctjax federated)")
   model, task = models.get_model(config.model), tasks.get(config.task)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config_lib.to_json(config))
+  data_config = config.data
+  if only_splits is not None and data_config.get("splits"):
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.splits = {name: spec for name, spec in config.data.splits.items()
+                          if name in only_splits}
   splits = splits_lib.open_splits(
-      config.data, state_dir=workdir, num_classes=getattr(model, "num_classes", None),
+      data_config, state_dir=workdir, write_state=write_state,
+      num_classes=getattr(model, "num_classes", None),
       vocab_size=getattr(model, "vocab_size", None))
   preprocess = ops.compose(config.data.get("preprocess"))
   loaders = {name: pipeline.BatchLoader(s, preprocess, num_threads=1)
              for name, s in splits.items()}
-  train_source = splits["train"]
-  parts = partition(train_source, options["clients"], seed=config.seed,
-                    column=options["partition_column"] or None,
-                    dirichlet_alpha=options["dirichlet_alpha"] or None)
-  if min(map(len, parts)) == 0:
-    raise UserError(f"config.federated: a client has no examples "
-                    f"({[len(p) for p in parts]}); use fewer clients or a larger "
-                    "dirichlet_alpha")
-  per_round = options["clients_per_round"] or options["clients"]
+  per_round = per_round or options["clients_per_round"] or options["clients"]
   # DP-FedAvg (config.privacy): clients Poisson-sampled, user-level accounting.
   dp = privacy.configure(config, num_examples=options["clients"],
                          expected_batch_size=per_round, total_steps=options["rounds"],
                          batch_multiple=1, unit="clients")
-  if dp:
-    privacy.record(workdir, dp, write=True)
-    writers.info(dp.describe().replace("DP-SGD", "DP-FedAvg") + "; epsilon after "
-                 f"{options['rounds']} rounds {dp.epsilon(options['rounds']):.4g}")
-  writers.info(f"federated: {options['clients']} clients "
-               f"({', '.join(str(len(p)) for p in parts)} examples), {per_round} a "
-               f"round, {options['rounds']} rounds of {options['local_steps']} local "
-               f"steps, {options['algorithm']}")
-
-  def load(round_index):
-    clients, indices, weights = sample_round(
-        parts, round_index, clients_per_round=per_round,
-        local_steps=options["local_steps"], batch_size=config.batch_size,
-        seed=config.seed,
-        clients=privacy.sampled_indices(round_index, dp, config.seed) if dp else None)
-    batch = pipeline.batch_of(loaders["train"], indices.reshape(-1), round_index,
-                              seed=config.seed)
-    batch = {k: v.reshape(*indices.shape, *v.shape[1:]) for k, v in batch.items()}
-    return clients, batch, weights
-
   local_tx = optim.make_optimizer(config.optim, total_steps=options["local_steps"],
                                   global_batch_size=config.batch_size,
                                   train_examples=None)[0]
   round_ = make_round(model, local_tx, algorithm=options["algorithm"],
                       server_lr=options["server_lr"], mu=options["mu"],
                       per_example_loss=task.per_example_loss, dp=dp)
-  # One example, for the parameters' shapes.
-  example = loaders["train"].load(np.zeros(1, np.int64), None)["inputs"]
+  return Federation(config=config, options=options, model=model, task=task,
+                    splits=splits, loaders=loaders, round=round_, dp=dp)
 
-  def init_state(rng):
-    params = nn.meta.unbox(model.init({"params": rng}, example,
-                                      train=False)["params"])
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "server_opt_state": round_.server_tx.init(params),
-            "rng": jax.random.fold_in(rng, 1)}
 
+def run_rounds(fed: Federation, workdir: str,
+               round_fn: Callable[[int, dict[str, Any]],
+                                  tuple[dict[str, Any], dict[str, float]]]
+               ) -> dict[str, float]:
+  """Runs (or resumes) the rounds in `workdir`: `round_fn(r, state)` trains
+  round r (the simulation's program, or a deployed server's clients) and
+  returns the new state and its scalars; this checkpoints the global model
+  every config.checkpoint.every rounds, writes metrics.jsonl (step = round) and
+  runs the config's evaluators on the global model. Returns the last round's
+  scalars."""
+  # pylint: disable=g-import-not-at-top
+  from ctjax import checkpoint, durations, sharding, writers
+  from ctjax import evaluators as evaluators_lib
+  # pylint: enable=g-import-not-at-top
+  config, dp, rounds = fed.config, fed.dp, fed.options["rounds"]
   root_rng = jax.random.PRNGKey(config.seed)
-  abstract_state = jax.eval_shape(init_state, root_rng)
   manager = checkpoint.make_manager(
       os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint)
   if manager.latest_step() is not None:
-    state, position = checkpoint.restore(manager, abstract_state,
-                                         set_aside_damaged=True)
+    state, position = checkpoint.restore(
+        manager, jax.eval_shape(fed.init_state, root_rng), set_aside_damaged=True)
     start = int(position["step"])
     writers.info(f"resumed at round {start}")
   else:
-    state, start = jax.jit(init_state)(root_rng), 0
-  mesh = sharding.make_mesh(config.mesh)
+    state, start = jax.jit(fed.init_state)(root_rng), 0
+  train_examples = len(fed.splits["train"]) if "train" in fed.splits else None
   evaluators = evaluators_lib.make_evaluators(
-      evaluators_lib.configured(config), model=model, loaders=loaders, mesh=mesh,
+      evaluators_lib.configured(config), model=fed.model, loaders=fed.loaders,
+      mesh=sharding.make_mesh(config.mesh),
       batch_size=config.eval_batch_size or config.batch_size, data_config=config.data,
-      train_batch_size=config.batch_size, train_examples=len(train_source),
+      train_batch_size=config.batch_size, train_examples=train_examples,
       model_params=lambda trained: trained[0], task=config.task,
       output_dir=os.path.join(workdir, "eval", "final"))
   checkpoint_every = durations.to_steps(config.checkpoint.every, key="checkpoint.every",
                                         global_batch_size=config.batch_size,
-                                        train_examples=len(train_source))
+                                        train_examples=train_examples)
   writer = writers.MetricWriter(workdir, start_step=start,
                                 tensorboard=config.tensorboard)
-  rounds, final = options["rounds"], {}
+  final = {}
   try:
     for r in range(start + 1, rounds + 1):
-      clients, batch, weights = load(r - 1)
-      params, server_opt_state, losses = round_.run(
-          state["params"], state["server_opt_state"], batch, weights,
-          jax.random.fold_in(state["rng"], r))
-      state = dict(state, step=jnp.asarray(r, jnp.int32), params=params,
-                   server_opt_state=server_opt_state)
-      losses = np.asarray(losses)
-      scalars = {"train/loss": float(np.dot(weights, losses)),
-                 **{f"client_{c}/loss": float(l) for c, l in zip(clients, losses)
-                    if c >= 0}}
+      state, scalars = round_fn(r, state)
+      state = dict(state, step=jnp.asarray(r, jnp.int32))
       if dp:
         scalars["privacy/epsilon"] = dp.epsilon(r)
-      due = [e for e in evaluators if e.due(r, rounds)]
-      if due:
-        for evaluator in due:
-          scalars.update(evaluator.run((state["params"], {}), final=r == rounds))
+      for evaluator in (e for e in evaluators if e.due(r, rounds)):
+        scalars.update(evaluator.run((state["params"], {}), final=r == rounds))
       writer.write(r, scalars)
       writers.info(f"round {r}/{rounds}  " + writers.format_scalars(
           {k: v for k, v in scalars.items() if not k.startswith("client_")}))
@@ -373,3 +461,45 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   finally:
     writer.close()
     manager.close()
+
+
+def train_federated(config: Any, workdir: str) -> dict[str, float]:
+  """Simulates `config.federated`'s rounds in `workdir` (see `run_rounds`): each
+  round's clients in one compiled program. Returns the last round's scalars."""
+  # pylint: disable=g-import-not-at-top
+  from ctjax import privacy, writers
+  # pylint: enable=g-import-not-at-top
+  fed = prepare(config, workdir)
+  options, dp = fed.options, fed.dp
+  names, parts = fed.site_partitions()
+  keys = [client_key(name) for name in names]
+  per_round = options["clients_per_round"] or options["clients"]
+  if dp:
+    privacy.record(workdir, dp, write=True)
+    writers.info(dp.describe().replace("DP-SGD", "DP-FedAvg") + "; epsilon after "
+                 f"{options['rounds']} rounds {dp.epsilon(options['rounds']):.4g}")
+  writers.info(f"federated: {options['clients']} clients "
+               f"({', '.join(str(len(p)) for p in parts)} examples), {per_round} a "
+               f"round, {options['rounds']} rounds of {options['local_steps']} local "
+               f"steps, {options['algorithm']}")
+
+  def simulated_round(r, state):
+    clients, indices, weights = sample_round(
+        parts, keys, r - 1, clients_per_round=per_round,
+        local_steps=options["local_steps"], batch_size=config.batch_size,
+        seed=config.seed,
+        clients=privacy.sampled_indices(r - 1, dp, config.seed) if dp else None)
+    client_keys = np.array([keys[max(c, 0)] for c in clients], np.uint32)
+    batches = [client_batch(fed.loaders["train"], idx, key, r - 1, seed=config.seed)
+               for idx, key in zip(indices, client_keys)]
+    batch = jax.tree.map(lambda *x: np.stack(x), *batches)
+    params, server_opt_state, losses = fed.round.run(
+        state["params"], state["server_opt_state"], batch, weights, client_keys,
+        round_rng(config.seed, r))
+    losses = np.asarray(losses)
+    scalars = {"train/loss": float(np.dot(weights, losses)),
+               **{f"client_{names[c]}/loss": float(l)
+                  for c, l in zip(clients, losses) if c >= 0}}
+    return dict(state, params=params, server_opt_state=server_opt_state), scalars
+
+  return run_rounds(fed, workdir, simulated_round)

@@ -9,6 +9,10 @@
               (a checkpoint evaluated on this machine's devices, on the run's
               splits or a new file of its schema: DIR/eval/step_N/, plots, report,
               predictions; see ctjax/evaluators/standalone.py)
+  ctjax monitor --workdir DIR --data NEW [--checkpoint latest|best] [--psi 0.2] ...
+              (new data against the run's saved reference statistics: a table
+              and a plot in DIR/monitor/NAME/, exit status 1 when drifted; see
+              ctjax/monitor.py)
   ctjax cv --config configs/NAME.py[:ARG] --workdir DIR [--folds 5] [--stratified]
            [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
               (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
@@ -18,6 +22,11 @@
               (the train step compiled ahead of time for that machine, here:
               per-device memory against the chip's, FLOPs; exit status 2 when it
               does not fit; see ctjax/aot.py)
+  ctjax federated server --config configs/NAME.py --workdir DIR --port P [--insecure]
+  ctjax federated client --config configs/NAME.py --site S --server HOST:P
+              --workdir DIR [--insecure] [--config.data.path=SITE_FILE ...]
+              (config.federated deployed with Flower: a coordinating server and
+              a process per site on its own data; see ctjax/flower.py)
   ctjax launch tpu --name N --zone Z --type v5litepod-16 --config ... --workdir gs://...
   ctjax launch slurm --config ... --workdir DIR --nodes N --gpus-per-node G
               (the same run on a Cloud TPU VM or a SLURM cluster; the
@@ -83,6 +92,12 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   from ctjax import cv  # pylint: disable=g-import-not-at-top
   cv.add_arguments(commands.add_parser(
       "cv", help="k-fold cross-validation: a run per fold, and a table of them"))
+  from ctjax import monitor  # pylint: disable=g-import-not-at-top
+  monitor.add_arguments(commands.add_parser(
+      "monitor", help="compare new data with a run's training data: drift"))
+  from ctjax import federated_cli  # pylint: disable=g-import-not-at-top
+  federated_cli.add_arguments(commands.add_parser(
+      "federated", help="run config.federated across sites: a server, or a site"))
   from ctjax import launch  # pylint: disable=g-import-not-at-top
   launch.add_arguments(commands.add_parser(
       "launch", help="run a config on a Cloud TPU VM or a SLURM cluster"))
@@ -141,12 +156,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "compile":  # For a target elsewhere: no distributed setup.
       from ctjax import aot  # pylint: disable=g-import-not-at-top
       sys.exit(aot.compile_command(args, overrides))
+    if args.command == "federated":  # Flower's processes do the training.
+      from ctjax import federated_cli  # pylint: disable=g-import-not-at-top
+      sys.exit(federated_cli.federated_command(args, overrides))
     if args.command == "launch":  # gcloud or sbatch here; training on the target.
       from ctjax import launch  # pylint: disable=g-import-not-at-top
       sys.exit(launch.launch(args, overrides))
     from ctjax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize()
     from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
+    if args.command == "monitor":  # Exit status 1: a drift threshold crossed.
+      from ctjax import monitor  # pylint: disable=g-import-not-at-top
+      sys.exit(monitor.monitor_command(args, overrides))
     if args.command == "eval":
       from ctjax import runs  # pylint: disable=g-import-not-at-top
       from ctjax.evaluators import standalone  # pylint: disable=g-import-not-at-top

@@ -31,6 +31,7 @@ from ctjax import durations
 from ctjax import evaluators as evaluators_lib
 from ctjax import hf
 from ctjax import models
+from ctjax import monitor
 from ctjax import optim
 from ctjax import peft
 from ctjax import privacy
@@ -611,6 +612,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if step > start_step:
       info(f"checkpoint of step {step}: "
            f"{checkpoint.step_bytes(manager, step):,} bytes on disk")
+    # What `ctjax monitor` compares new data against (config.reference_statistics).
+    monitor.save_run_reference(config, workdir, transfer.model_params(
+        state["params"], state["frozen"]), splits, mesh)
     return final
   finally:
     trace.close()

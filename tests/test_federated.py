@@ -73,15 +73,21 @@ def test_a_small_dirichlet_alpha_skews_the_clients_labels():
 
 def test_a_rounds_clients_and_batches_are_drawn_from_their_own_data():
   parts = federated.partition(_source(), 3, seed=0, column="site")
+  keys = [federated.client_key(name) for name in "abc"]
   clients, indices, weights = federated.sample_round(
-      parts, 4, clients_per_round=2, local_steps=3, batch_size=5, seed=0)
+      parts, keys, 4, clients_per_round=2, local_steps=3, batch_size=5, seed=0)
   assert len(set(clients)) == 2 and indices.shape == (2, 3, 5)
   for client, drawn in zip(clients, indices):
     assert set(drawn.ravel()) <= set(parts[client])
   np.testing.assert_allclose(weights, [0.5, 0.5])
-  again = federated.sample_round(parts, 4, clients_per_round=2, local_steps=3,
+  again = federated.sample_round(parts, keys, 4, clients_per_round=2, local_steps=3,
                                  batch_size=5, seed=0)
   np.testing.assert_array_equal(again[1], indices)
+  # A client's batches depend on its own key, not on who else was drawn: a
+  # deployed client draws them alone (ctjax/flower.py).
+  for client, drawn in zip(clients, indices):
+    np.testing.assert_array_equal(drawn, federated.client_indices(
+        parts[client], keys[client], 4, local_steps=3, batch_size=5, seed=0))
 
 
 def _setup(n_clients=3, local_steps=2, batch=8, seed=0):
@@ -128,7 +134,8 @@ def _round(algorithm, model, params, batches, weights, lr, **kw):
       model, local_tx, algorithm=algorithm,
       per_example_loss=tasks.get("classification").per_example_loss, **kw)
   new, _, losses = round_.run(params, round_.server_tx.init(params), batches,
-                              weights, jax.random.PRNGKey(0))
+                              weights, np.arange(len(weights), dtype=np.uint32),
+                              jax.random.PRNGKey(0))
   return new, losses
 
 

@@ -60,7 +60,7 @@ class Subset:
     if getattr(source, "columns", None):
       self.columns = {k: np.asarray(v)[self.indices] for k, v in source.columns.items()}
     for name in ("label_names", "label_mean", "label_std", "vocab_size",
-                 "length_buckets"):
+                 "length_buckets", "feature_names"):
       if hasattr(source, name):
         setattr(self, name, getattr(source, name))
 

@@ -45,7 +45,7 @@ from ctjax.evaluators import make_evaluators
 PREDICTION_FORMATS = ("jsonl", "csv")
 
 
-def _new_data(config: ml_collections.ConfigDict, split: str | None) -> str:
+def point_at_new_data(config: ml_collections.ConfigDict, split: str | None) -> str:
   """Points config.data at its new file (--data.path): the whole file one split;
   returns the split's name."""
   path = config.data.path
@@ -57,7 +57,7 @@ def _new_data(config: ml_collections.ConfigDict, split: str | None) -> str:
   return name
 
 
-def _eval_batch_size(config: ml_collections.ConfigDict, mesh) -> int:
+def eval_batch_size(config: ml_collections.ConfigDict, mesh) -> int:
   """The run's evaluation batch, rounded up to a multiple of this mesh's batch
   shards (and processes)."""
   size = config.eval_batch_size or config.batch_size
@@ -86,7 +86,7 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
     raise UserError(f"--predictions={predictions_format!r}: choose one of "
                     f"{', '.join(PREDICTION_FORMATS)}")
   if new_data:
-    split = _new_data(config, split)
+    split = point_at_new_data(config, split)
   model = models.get_model(config.model)
   mesh = sharding.make_mesh(config.mesh)
   splits = splits_lib.open_splits(
@@ -111,7 +111,7 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
   tag = f"step_{step}"
   evaluators = make_evaluators(
       evaluator_configs, model=model, loaders=loaders, mesh=mesh,
-      batch_size=_eval_batch_size(config, mesh), data_config=config.data,
+      batch_size=eval_batch_size(config, mesh), data_config=config.data,
       train_batch_size=config.batch_size,
       train_examples=len(splits["train"]) if "train" in splits else None,
       task=config.task, output_dir=os.path.join(workdir, "eval", tag))

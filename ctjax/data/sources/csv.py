@@ -145,6 +145,8 @@ class EncodedTable(ArraySource):
     mean = np.asarray(numeric["mean"], np.float64)
     std = np.asarray(numeric["std"], np.float64)
     blocks = []
+    # Each feature's name, for people reading drift reports (ctjax/drift.py).
+    self.feature_names = list(numeric["columns"])
     if numeric["columns"]:
       x = np.stack([table.columns[c] for c in numeric["columns"]], axis=1)
       # Missing values exist only under "mean" or "zero": "error" refused them.
@@ -155,8 +157,11 @@ class EncodedTable(ArraySource):
       codes = np.array([ids.get(v, 0) for v in table.columns[column]], np.int64)
       if categorical_encoding == "onehot":
         blocks.append(np.eye(len(vocabulary) + 1)[codes])
+        self.feature_names += [f"{column}=(missing or new)"] + [
+            f"{column}={value}" for value in vocabulary]
       else:
         blocks.append(codes[:, None])
+        self.feature_names.append(column)
     inputs = np.concatenate(blocks, axis=1).astype(np.float32)
     label = records.encode_fitted_labels(table.data_config, table.labels, state)
     super().__init__({"inputs": inputs, "label": label}, columns=table.columns)

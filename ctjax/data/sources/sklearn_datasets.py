@@ -53,4 +53,5 @@ def open_source(data_config: Any, split: str) -> ArraySource:
   source = ArraySource({"inputs": inputs, "label": bunch.target.astype(np.int32)},
                        columns=columns)
   source.label_names = [str(n) for n in bunch.target_names]
+  source.feature_names = [str(n) for n in bunch.feature_names]
   return source
