@@ -312,6 +312,9 @@ def serve(grid: Grid, context: Context) -> None:
             lambda g, c: _send_round(g, c, options["round_timeout"]))
     attempts = 1 + (options["retries"] if options["on_client_failure"] == "retry"
                     else 0)
+    # A node that missed a round's deadline is not asked again (Flower keeps a
+    # dead node registered for a while): a restarted site joins as a new node.
+    failed: set[int] = set()
 
     def deployed_round(r, state):
       leaves, treedef = jax.tree.flatten(state["params"])
@@ -320,10 +323,7 @@ def serve(grid: Grid, context: Context) -> None:
           compat.parameters_to_arrayrecord(parameters, True))
       legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
           {WorkflowKey.CURRENT_ROUND: r, WorkflowKey.START_TIME: time.time()})
-      failed: set[int] = set()
       for attempt in range(attempts):
-        # Nodes that failed this round are not asked again: a restarted site
-        # registers as a new node.
         nodes = _wait_for_nodes(legacy, failed, per_round, options["round_timeout"])
         rng = np.random.default_rng([config.seed, r, 0x5e1ec7])
         strategy.round_index = r
@@ -333,13 +333,13 @@ def serve(grid: Grid, context: Context) -> None:
         send(grid, legacy)
         replied = {str(res.metrics["site"]) for res in strategy.results}
         missing = len(strategy.nodes) - len(strategy.results)
+        failed.update(set(strategy.nodes) - strategy.replied)
         if missing == 0 or (options["on_client_failure"] == "drop"
                             and len(strategy.results) >= options["min_clients"]):
           break
         writers.info(f"round {r}: {missing} of {len(strategy.nodes)} sites did not "
                      f"reply (replied: {', '.join(sorted(replied)) or 'none'}); "
                      f"{'retrying' if attempt + 1 < attempts else 'giving up'}")
-        failed |= set(strategy.nodes) - strategy.replied
       else:
         raise RoundFailed(f"round {r}: only {len(strategy.results)} sites replied "
                           f"(min_clients={options['min_clients']}); the last "

@@ -109,7 +109,6 @@ def _kill(process: subprocess.Popen) -> None:
   process.wait()
 
 
-@pytest.mark.timeout(400)
 def test_a_deployed_federation_trains_as_the_simulation_drops_a_killed_site_and_resumes(
     tmp_path):
   _write_tables(tmp_path)

@@ -37,6 +37,7 @@ def _write_table(path, rng, n, *, x3_shift=0.0, flipped=False):
 
 
 def _train(config: dict, workdir) -> dict:
+  config = {"reference_statistics": True, **config}  # run_util's default is off
   return train.train(config_lib.load_config(
       run_util.write_config(workdir.parent, config, name=f"{workdir.name}.py")),
                      str(workdir))
