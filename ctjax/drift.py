@@ -296,10 +296,8 @@ def save_reference(workdir: str, stats: dict[str, Any]) -> str:
   small = _split_arrays(stats, "", arrays)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  arrays_path = os.path.join(directory, REFERENCE_ARRAYS)
-  with open(arrays_path + ".tmp", "wb") as f:
+  with writers.atomic_file(os.path.join(directory, REFERENCE_ARRAYS), "wb") as f:
     f.write(buffer.getvalue())
-  os.replace(arrays_path + ".tmp", arrays_path)
   small["arrays_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
   with writers.atomic_file(os.path.join(directory, REFERENCE_JSON)) as f:
     json.dump(small, f, indent=1)
@@ -535,8 +533,8 @@ def write_report(report: DriftReport, out_dir: str) -> dict[str, str]:
                "thresholds": dataclasses.asdict(report.thresholds),
                "rows": [{c: _json_value(getattr(row, c)) for c in COLUMNS}
                         for row in report.rows]}, f, indent=1)
-  _plot(report).savefig(paths["png"] + ".tmp", format="png", dpi=100)
-  os.replace(paths["png"] + ".tmp", paths["png"])
+  with writers.atomic_file(paths["png"], "wb") as f:
+    _plot(report).savefig(f, format="png", dpi=100)
   return paths
 
 

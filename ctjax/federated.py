@@ -308,6 +308,11 @@ def _options(config: Any) -> dict[str, Any]:
   return options
 
 
+def _per_round(options: dict[str, Any]) -> int:
+  """The clients a round trains (DP-FedAvg: their expected number)."""
+  return options["clients_per_round"] or options["clients"]
+
+
 @dataclasses.dataclass
 class Federation:
   """What the simulation, a deployed server and a deployed client build alike
@@ -320,6 +325,10 @@ class Federation:
   loaders: dict[str, Any]
   round: Round
   dp: Any
+
+  @property
+  def per_round(self) -> int:
+    return _per_round(self.options)
 
   def site_partitions(self) -> tuple[list[str], list[np.ndarray]]:
     """The clients' names and example indices into the train split."""
@@ -351,8 +360,7 @@ def round_rng(seed: int, round_index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), round_index + 1)
 
 
-def prepare(config: Any, workdir: str, *, per_round: int | None = None,
-            write_state: bool = True,
+def prepare(config: Any, workdir: str, *, write_state: bool = True,
             only_splits: tuple[str, ...] | None = None) -> Federation:
   """Checks `config` and opens its splits (fitting, or loading
   WORKDIR/data_state.json): the simulation's, or, named by `only_splits`, what
@@ -385,7 +393,7 @@ def prepare(config: Any, workdir: str, *, per_round: int | None = None,
   preprocess = ops.compose(config.data.get("preprocess"))
   loaders = {name: pipeline.BatchLoader(s, preprocess, num_threads=1)
              for name, s in splits.items()}
-  per_round = per_round or options["clients_per_round"] or options["clients"]
+  per_round = _per_round(options)
   # DP-FedAvg (config.privacy): clients Poisson-sampled, user-level accounting.
   dp = privacy.configure(config, num_examples=options["clients"],
                          expected_batch_size=per_round, total_steps=options["rounds"],
@@ -473,7 +481,7 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   options, dp = fed.options, fed.dp
   names, parts = fed.site_partitions()
   keys = [client_key(name) for name in names]
-  per_round = options["clients_per_round"] or options["clients"]
+  per_round = fed.per_round
   if dp:
     privacy.record(workdir, dp, write=True)
     writers.info(dp.describe().replace("DP-SGD", "DP-FedAvg") + "; epsilon after "

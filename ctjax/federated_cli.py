@@ -8,6 +8,7 @@ check the config and the site's data (exit status 2) before anything connects.
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +55,15 @@ def _environment() -> dict[str, str]:
   env = dict(os.environ)
   env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
   return env
+
+
+def _listening(port: int) -> bool:
+  """Whether something accepts connections on this machine's `port`."""
+  try:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
+  except OSError:
+    return False
 
 
 def _tls_arguments(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
@@ -105,23 +115,24 @@ def run_server(args: argparse.Namespace, overrides: list[str]) -> int:
   if os.path.exists(outcome_path):
     os.remove(outcome_path)
   env = dict(_environment(), FLWR_HOME=home)
-  with open(os.path.join(home, "superlink.log"), "a") as log:
+  log_path = os.path.join(home, "superlink.log")
+  if _listening(args.port):
+    raise UserError(f"--port {args.port}: another process listens there; choose "
+                    "a free port")
+  with open(log_path, "a") as log:
     link = subprocess.Popen(
         [_flower_tool("flower-superlink"), *tls, "--host", args.host, "--port",
          str(args.port), "--database", os.path.join(home, "state.db"),
          "--disable-runtime-dependency-installation"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
   try:
-    time.sleep(2)  # The SuperLink's HTTP API takes a moment to listen.
-    for _ in range(20):  # ...and longer on a busy machine.
-      done = subprocess.run(
-          [_flower_tool("flwr"), "run", app, "ctjax", "--stream",
-           "--run-config", f'workdir="{workdir}"'], env=env)
-      if os.path.exists(outcome_path) or link.poll() is not None:
-        break
-      if done.returncode == 0:
-        break
-      time.sleep(1)
+    deadline = time.monotonic() + 120  # Seconds on a busy machine.
+    while not _listening(args.port):
+      if link.poll() is not None or time.monotonic() > deadline:
+        raise UserError(f"the Flower SuperLink did not start; see {log_path}")
+      time.sleep(0.2)
+    subprocess.run([_flower_tool("flwr"), "run", app, "ctjax", "--stream",
+                    "--run-config", f'workdir="{workdir}"'], env=env)
   finally:
     link.terminate()
     try:
@@ -129,8 +140,7 @@ def run_server(args: argparse.Namespace, overrides: list[str]) -> int:
     except subprocess.TimeoutExpired:
       link.kill()
   if not os.path.exists(outcome_path):
-    raise UserError(f"the Flower run ended without an outcome; see "
-                    f"{os.path.join(home, 'superlink.log')}")
+    raise UserError(f"the Flower run ended without an outcome; see {log_path}")
   with open(outcome_path) as f:
     outcome = json.load(f)
   if outcome["status"] != "finished":

@@ -296,10 +296,8 @@ def serve(grid: Grid, context: Context) -> None:
   try:
     _use_compilation_cache(workdir)
     config = runs.read_config(workdir)
-    options = federated._options(config)  # pylint: disable=protected-access
-    per_round = options["clients_per_round"] or options["clients"]
-    fed = federated.prepare(config, workdir, per_round=per_round,
-                            only_splits=evaluated_splits(config))
+    fed = federated.prepare(config, workdir, only_splits=evaluated_splits(config))
+    options, per_round = fed.options, fed.per_round
     strategy = RoundStrategy(model_digest(config))
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=1),
                            strategy=strategy)

@@ -8,8 +8,8 @@ At the end of training a run describes what its model saw (`save_run_reference`,
 on unless config.reference_statistics=False): a seeded subsample of at most
 REFERENCE_EXAMPLES training examples, their features (a table's encoded inputs;
 for texts and images the model's pooled representation) and the model's
-predictions on them, and its accuracy on (a subsample of) the validation split,
-in WORKDIR/reference/ (see ctjax/drift.py).
+predictions on them, and its final accuracy on the validation split (when it
+evaluates one at the end), in WORKDIR/reference/ (see ctjax/drift.py).
 
 `ctjax monitor` reads NEW as `ctjax eval --data.path` does: the whole file one
 split, encoded with the run's saved WORKDIR/data_state.json, never refitted. A
@@ -153,7 +153,8 @@ def model_outputs(step: Any, params: Any, loader: pipeline.BatchLoader,
 
 
 def save_run_reference(config: ml_collections.ConfigDict, workdir: str, params: Any,
-                       splits: dict[str, Any], mesh: jax.sharding.Mesh) -> str | None:
+                       splits: dict[str, Any], mesh: jax.sharding.Mesh,
+                       final_metrics: dict[str, float]) -> str | None:
   """Computes and saves the drift reference of a trained run (see the module's
   docstring); returns its folder, or None where the run has none.
 
@@ -164,17 +165,17 @@ def save_run_reference(config: ml_collections.ConfigDict, workdir: str, params: 
     config: the run's config.
     workdir: the run's folder.
     params: the whole model's parameters, as `model.apply` takes them.
-    splits: the run's splits: "train", and "validation" if it has one.
+    splits: the run's splits ("train" is described).
     mesh: the run's mesh.
+    final_metrics: the run's final evaluation: its validation/accuracy is what
+      the accuracy of labelled new data is compared with.
   """
   if not config.get("reference_statistics", True):
     return None
   model = models.get_model(config.model)
-  preprocess = ops.compose(config.data.get("preprocess"))
-  loader = lambda split: pipeline.BatchLoader(
-      _subsample(split, REFERENCE_EXAMPLES, config.seed), preprocess,
-      num_threads=config.data.num_threads)
-  train = loader(splits["train"])
+  train = pipeline.BatchLoader(
+      _subsample(splits["train"], REFERENCE_EXAMPLES, config.seed),
+      ops.compose(config.data.get("preprocess")), num_threads=config.data.num_threads)
   sample = train.load(np.zeros(1, np.int64), None)
   kind = feature_kind(sample["inputs"])
   reason = _unsupported(config, model, params, sample, kind)
@@ -185,11 +186,8 @@ def save_run_reference(config: ml_collections.ConfigDict, workdir: str, params: 
   batch_size = standalone.eval_batch_size(config, mesh)
   features, probabilities, labels = model_outputs(step, params, train, mesh,
                                                   batch_size)
-  metrics = {}
-  if "validation" in splits:
-    _, val_probabilities, val_labels = model_outputs(
-        step, params, loader(splits["validation"]), mesh, batch_size)
-    metrics["accuracy"] = float(np.mean(np.argmax(val_probabilities, 1) == val_labels))
+  metrics = ({"accuracy": final_metrics["validation/accuracy"]}
+             if "validation/accuracy" in final_metrics else {})
   names = getattr(splits["train"], "feature_names", None)
   if names is not None and len(names) != features.shape[1]:
     names = None  # Preprocessing changed the inputs: their columns go unnamed.

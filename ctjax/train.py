@@ -614,7 +614,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
            f"{checkpoint.step_bytes(manager, step):,} bytes on disk")
     # What `ctjax monitor` compares new data against (config.reference_statistics).
     monitor.save_run_reference(config, workdir, transfer.model_params(
-        state["params"], state["frozen"]), splits, mesh)
+        state["params"], state["frozen"]), splits, mesh, final)
     return final
   finally:
     trace.close()

@@ -88,10 +88,13 @@ def _drop_records_after(path: str, step: int) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, **open_args: Any) -> Iterator[IO[str]]:
-  """A text file written whole, then renamed into place: a reader (another
-  process, a browser) or a crash never finds half of it."""
-  with open(path + ".tmp", "w", encoding="utf-8", **open_args) as f:
+def atomic_file(path: str, mode: str = "w", **open_args: Any) -> Iterator[IO[Any]]:
+  """A file (text, or bytes with mode "wb") written whole, then renamed into
+  place: a reader (another process, a browser) or a crash never finds half of
+  it."""
+  if "b" not in mode:
+    open_args.setdefault("encoding", "utf-8")
+  with open(path + ".tmp", mode, **open_args) as f:
     yield f
   os.replace(path + ".tmp", path)
 

@@ -70,8 +70,7 @@ def test_a_file_like_the_training_data_shows_no_drift(table_run, capsys):
   folder, final = table_run
   workdir = folder / "run"
   reference = json.loads((workdir / "reference" / "reference.json").read_text())
-  # 1600 training rows, all described; the validation split (400 rows) whole,
-  # so its accuracy is the run's own final one.
+  # 1600 training rows, all described; the accuracy is the run's final one.
   assert reference["num_examples"] == 1600 and reference["kind"] == "table"
   assert reference["metrics"]["accuracy"] == final["validation/accuracy"] > 0.9
   assert reference["table"]["names"] == [*FEATURES, "site=(missing or new)",
