@@ -39,10 +39,13 @@ own from its train split. A site with a partition_column keeps only its rows.
   config.federated.on_client_failure="drop"  a site that does not reply within
       round_timeout seconds is left out of the round's mean, if at least
       min_clients replied (else the run stops: rerun the server to resume).
-  config.federated.on_client_failure="retry" the round is run again, up to
-      `retries` times, with the sites then connected (a restarted site comes
-      back as a new node); its draws do not change, so a retried round
-      computes what an unbroken one would have.
+  config.federated.on_client_failure="retry" a round with fewer replies than
+      it sampled sites is run again, up to `retries` times, with the sites then
+      connected (a restarted site comes back as a new node); its draws do not
+      change, so a retried round computes what an unbroken one would have.
+  A node that answered nothing in a round (with SecAgg+, a halted round still
+  shows who answered its first stages) is not asked again: Flower keeps a dead
+  node registered for a while.
 
 The server stops with its checkpoints intact; running the same server command
 again resumes from the last one. Not supported deployed: config.privacy
@@ -217,7 +220,6 @@ class RoundStrategy(Strategy):
     self.round_index = 0
     self.nodes: list[int] = []
     self.results: list[FitRes] = []
-    self.replied: set[int] = set()  # the nodes whose results those are
 
   def initialize_parameters(self, client_manager):
     return None
@@ -230,7 +232,6 @@ class RoundStrategy(Strategy):
 
   def aggregate_fit(self, server_round, results, failures):
     self.results = [fit_res for _, fit_res in results]
-    self.replied = {proxy.node_id for proxy, _ in results}
     return None, {}
 
   def configure_evaluate(self, server_round, parameters, client_manager):
@@ -270,6 +271,32 @@ def _send_round(grid: Grid, context: LegacyContext, timeout: float) -> None:
                          [None] * (len(messages) - len(results)))
 
 
+class _RepliesSeen:
+  """A Grid that notes which nodes answered anything: a SecAgg+ round that
+  halts returns no results, yet its first stage shows who is alive."""
+
+  def __init__(self, grid: Grid):
+    self._grid, self.nodes = grid, set()
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._grid, name)
+
+  def send_and_receive(self, messages, *, timeout=None):
+    replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+    self.nodes.update(r.metadata.src_node_id for r in replies if not r.has_error())
+    return replies
+
+
+def secure_aggregation(timeout: float) -> SecAggPlusWorkflow:
+  """SecAgg+ over all of a round's sites (each key split among all of them; half
+  the shares recover a dropped site's mask). Flower's quantization: each site's
+  example-weighted change clipped to [-8, 8] and rounded stochastically to a
+  step of 16 / 2**22; weights are examples / 1000 (a site of more than 1000
+  examples risks overflow; Flower warns)."""
+  return SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=0.5,
+                            timeout=timeout)
+
+
 def _wait_for_nodes(context: LegacyContext, exclude: set[int], needed: int,
                     timeout: float) -> list[int]:
   """The connected nodes not in `exclude`, once `needed` of them are (or the
@@ -304,8 +331,7 @@ def serve(grid: Grid, context: Context) -> None:
     thread, stop, registered = start_update_client_manager_thread(
         grid, legacy.client_manager)
     registered.wait()
-    send = (SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=0.5,
-                               timeout=options["round_timeout"])
+    send = (secure_aggregation(options["round_timeout"])
             if options["secure_aggregation"] else
             lambda g, c: _send_round(g, c, options["round_timeout"]))
     attempts = 1 + (options["retries"] if options["on_client_failure"] == "retry"
@@ -327,16 +353,18 @@ def serve(grid: Grid, context: Context) -> None:
         strategy.round_index = r
         chosen = rng.choice(len(nodes), min(per_round, len(nodes)), replace=False)
         strategy.nodes = sorted(nodes[i] for i in chosen)
-        strategy.results, strategy.replied = [], set()
-        send(grid, legacy)
+        strategy.results = []
+        watched = _RepliesSeen(grid)
+        send(watched, legacy)
         replied = {str(res.metrics["site"]) for res in strategy.results}
-        missing = len(strategy.nodes) - len(strategy.results)
-        failed.update(set(strategy.nodes) - strategy.replied)
-        if missing == 0 or (options["on_client_failure"] == "drop"
+        failed.update(set(strategy.nodes) - watched.nodes)
+        # A round wants per_round sites; "drop" settles for min_clients.
+        missing = per_round - len(strategy.results)
+        if missing <= 0 or (options["on_client_failure"] == "drop"
                             and len(strategy.results) >= options["min_clients"]):
           break
-        writers.info(f"round {r}: {missing} of {len(strategy.nodes)} sites did not "
-                     f"reply (replied: {', '.join(sorted(replied)) or 'none'}); "
+        writers.info(f"round {r}: {len(replied)} of {per_round} sites replied "
+                     f"({', '.join(sorted(replied)) or 'none'}); "
                      f"{'retrying' if attempt + 1 < attempts else 'giving up'}")
       else:
         raise RoundFailed(f"round {r}: only {len(strategy.results)} sites replied "

@@ -4,8 +4,10 @@ three site processes, each reading only its own file (ctjax/flower.py).
 One scenario, since each Flower process costs seconds to start: the deployment
 trains round 1 as the simulation does on the same partitions; a site killed in
 the middle of round 2 is dropped (config.federated.on_client_failure="drop")
-and the round ends with the other two; the server's command run again with more
-rounds resumes from its checkpoint."""
+and the round ends with the other two; the server's command run again with a
+third round resumes from its checkpoint, with secure aggregation (SecAgg+) and
+on_client_failure="retry": the round is run again when the killed site is back,
+and ends where the simulation does from that checkpoint."""
 import os
 import pathlib
 import shutil
@@ -53,7 +55,7 @@ def _write_tables(folder: pathlib.Path) -> None:
     write(f"site_{s}.csv", train[site[train] == s])
 
 
-def _config(folder: pathlib.Path, rounds: int) -> dict:
+def _config(folder: pathlib.Path, rounds: int, **federated: object) -> dict:
   return {
       "seed": 0,
       "data": {"source": "csv", "label_column": "label", "standardize": False,
@@ -70,8 +72,9 @@ def _config(folder: pathlib.Path, rounds: int) -> dict:
                     "algorithm": "fedavg", "partition_column": "site",
                     "on_client_failure": "drop", "min_clients": 2,
                     # A site's reply takes seconds (Flower starts a process for
-                    # each message); a killed one is given up on after this.
-                    "round_timeout": 25.0}}
+                    # each message; 5-20 s with the suite's other tests beside
+                    # it); a killed one is given up on after this.
+                    "round_timeout": 40.0, **federated}}
 
 
 def _params(workdir: pathlib.Path, step: int):
@@ -109,7 +112,7 @@ def _kill(process: subprocess.Popen) -> None:
   process.wait()
 
 
-def test_a_deployed_federation_trains_as_the_simulation_drops_a_killed_site_and_resumes(
+def test_a_deployed_federation_trains_as_the_simulation_drops_or_retries_a_killed_site_and_resumes(
     tmp_path):
   _write_tables(tmp_path)
   config = run_util.write_config(tmp_path, _config(tmp_path, rounds=2))
@@ -126,14 +129,13 @@ def test_a_deployed_federation_trains_as_the_simulation_drops_a_killed_site_and_
   server_args = ["server", "--config", config, "--workdir", str(server_dir),
                  "--port", str(port), "--insecure"]
   server = _start(server_args, tmp_path / "server.log")
-  sites = {}
-  for s in SITES:
-    sites[s] = _start(
-        ["client", "--config", config, "--workdir", str(tmp_path / f"site_{s}"),
-         "--site", s, "--server", f"127.0.0.1:{port}", "--insecure",
-         "--port", str(multiprocess_util.free_port()),
-         f"--config.data.splits.train={tmp_path / f'site_{s}.csv'}"],
-        tmp_path / f"site_{s}.log")
+  site_args = {
+      s: ["client", "--config", config, "--workdir", str(tmp_path / f"site_{s}"),
+          "--site", s, "--server", f"127.0.0.1:{port}", "--insecure",
+          "--port", str(multiprocess_util.free_port()),
+          f"--config.data.splits.train={tmp_path / f'site_{s}.csv'}"]
+      for s in SITES}
+  sites = {s: _start(args, tmp_path / f"site_{s}.log") for s, args in site_args.items()}
   try:
     # Site c dies while it trains round 2.
     _wait_for(tmp_path / "site_c.log", "ROUND 2]", timeout=240)
@@ -155,18 +157,44 @@ def test_a_deployed_federation_trains_as_the_simulation_drops_a_killed_site_and_
     assert "dropped 1 site" in (tmp_path / "server.log").read_text()
     round_2 = _params(server_dir, 2)
 
-    # The same command with a third round resumes from round 2's checkpoint.
-    config_3 = run_util.write_config(tmp_path, _config(tmp_path, rounds=3),
+    # The same command with a third round resumes from round 2's checkpoint,
+    # now with SecAgg+ and on_client_failure="retry": c is still dead, so the
+    # round's first attempt has two sites and is run again once c is back.
+    config_3 = run_util.write_config(tmp_path, _config(
+        tmp_path, rounds=3, secure_aggregation=True, on_client_failure="retry"),
                                      name="config_3.py")
     server_args[2] = config_3
     server = _start(server_args, tmp_path / "server.log")
+    _wait_for(tmp_path / "server.log", "retrying", timeout=240)
+    sites["c"] = _start(site_args["c"], tmp_path / "site_c.log")
     assert server.wait(timeout=240) == 0, (tmp_path / "server.log").read_text()
     assert "resumed at round 2" in (tmp_path / "server.log").read_text()
-    assert [r["step"] for r in run_util.metrics(server_dir)] == [1, 2, 3]
+    records = {r["step"]: r for r in run_util.metrics(server_dir)}
+    assert sorted(records) == [1, 2, 3] and records[3]["federated/sites"] == 3
     run_util.assert_trees_close(_params(server_dir, 2), round_2)
-    changed = jax.tree.map(lambda a, b: np.abs(a - b).max(), _params(server_dir, 3),
-                           round_2)
-    assert max(jax.tree.leaves(changed)) > 0
+
+    # Round 3 is what the simulation trains from that checkpoint, up to SecAgg+'s
+    # quantization (ctjax/flower.py `secure_aggregation`): each site's change,
+    # times its weight w_i = examples / 1000 (itself rounded to 2**-22), is
+    # rounded stochastically to a step of 16 / 2**22, an error below one step;
+    # the sum of the 3 sites' is divided by sum(w_i). So the mean change is off
+    # by less than 3 steps / sum(w_i), plus the weights' rounding (relative
+    # 2**-23 / w_i each) and the float order of the local training as above.
+    simulated = tmp_path / "simulation_3"
+    (simulated / "checkpoints").mkdir(parents=True)
+    shutil.copy(simulation / "data_state.json", simulated)
+    shutil.copytree(server_dir / "checkpoints" / "2", simulated / "checkpoints" / "2")
+    subprocess.run([sys.executable, "-m", "ctjax", "train", "--config", config_3,
+                    "--workdir", str(simulated)], check=True, capture_output=True)
+    weights = np.array([len((tmp_path / f"site_{s}.csv").read_text().splitlines()) - 1
+                        for s in SITES]) / 1000
+    atol = 3 * (16 / 2**22) / weights.sum()
+    rtol = (tolerances.curve_rtol(3, 16 + 2 * (FEATURES + 16 + 2))
+            + 2 * np.sum(2**-23 / weights))
+    deployed, expected = _params(server_dir, 3), _params(simulated, 3)
+    for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
+      got = np.asarray(dict(jax.tree_util.tree_flatten_with_path(deployed)[0])[path])
+      assert np.abs(got - want).max() <= rtol * np.abs(want).max() + atol, path
   finally:
     for process in (server, *sites.values()):
       _kill(process)
