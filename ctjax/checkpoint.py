@@ -390,9 +390,10 @@ def _path(path: tuple) -> str:
 
 
 def restore_params(path: str, abstract_params: Any, init_params: Any,
-                   skip: tuple[str, ...] = ()) -> Any:
+                   skip: tuple[str, ...] = (), step: int = 0) -> Any:
   """Loads params from another run or a Hugging Face directory (model_init);
-  `skip` regexes keep `init_params`.
+  `skip` regexes keep `init_params`; `step` picks a ctjax checkpoint (0: the
+  newest readable).
 
   `path` is a ctjax workdir or checkpoints folder, or a Hugging Face model
   directory (config.json and safetensors, see `ctjax.hf`). Parameters matching a
@@ -421,10 +422,18 @@ def restore_params(path: str, abstract_params: Any, init_params: Any,
             item={"params": wanted}, restore_args={"params": restore_args},
             partial_restore=True)))["state"]["params"]
 
-  restored = _newest_readable(manager, restore_step, set_aside_damaged=False)
+  if step:
+    if step not in manager.all_steps():
+      raise UserError(f"config.model_init_step={step}: {manager.directory} has no "
+                      "checkpoint of that step; it has "
+                      f"{', '.join(map(str, sorted(manager.all_steps())))}")
+    restored = restore_step(step)
+  else:
+    restored = _newest_readable(manager, restore_step, set_aside_damaged=False)
   fresh = [name for name, kept in keep.items() if not kept]
-  writers.info(f"config.model_init={path}: loaded {len(keep) - len(fresh)} "
-               f"parameters; initialised afresh: {', '.join(fresh) or 'none'}")
+  writers.info(f"config.model_init={path}" + (f" step {step}" if step else "") +
+               f": loaded {len(keep) - len(fresh)} parameters; initialised "
+               f"afresh: {', '.join(fresh) or 'none'}")
   return jax.tree_util.tree_map_with_path(
       lambda p, new, old: new if keep[_path(p)] else old,
       restored, init_params, is_leaf=lambda x: x is None)
@@ -497,6 +506,7 @@ def load_model_init(config: Any, abstract_state: Any, state: Any,
   joined = lambda tree: nested({p: x for k in parts for p, x in flat(tree[k]).items()})
   loaded = flat(restore_params(config.model_init, joined(abstract_state),
                                joined(state),
-                               tuple(config.model_init_skip) + tuple(new_params)))
+                               tuple(config.model_init_skip) + tuple(new_params),
+                               step=config.get("model_init_step", 0)))
   return {**state, **{k: nested({p: loaded[p] for p in flat(state[k])})
                       for k in parts}}

@@ -118,10 +118,12 @@ def base_config() -> ConfigDict:
   # Resume order: WORKDIR/checkpoints, else `resume` (another run's workdir or
   # checkpoint folder: full state), else `model_init` (params only, from a ctjax
   # workdir or checkpoint; parameters matching a `model_init_skip` regex keep their
-  # fresh initialisation), else from scratch.
+  # fresh initialisation), else from scratch. `model_init_step` picks a ctjax
+  # model_init's checkpoint (0: its newest readable one).
   c.resume = ""
   c.model_init = ""
   c.model_init_skip = ()
+  c.model_init_step = 0
   # A hung run (no training step or evaluation batch for this many minutes) prints
   # every thread's stack and exits with status 3, for a scheduler to restart it.
   # Set it above the longest step, evaluation batch or checkpoint write; 0 is off.

@@ -13,6 +13,12 @@
               (new data against the run's saved reference statistics: a table
               and a plot in DIR/monitor/NAME/, exit status 1 when drifted; see
               ctjax/monitor.py)
+  ctjax adapt --workdir DIR --data NEW [--replay 0.3] [--tolerance 0.01] ...
+  ctjax adapt --follow FOLDER_OR_JSONL --workdir DIR [--once] ...
+              (a warm-started run on the new data mixed with a replay of the
+              old, promoted only if it gains on the new without losing on the
+              old; or, following new data, each window monitored and adapted to
+              when it drifted; see ctjax/adapt.py)
   ctjax cv --config configs/NAME.py[:ARG] --workdir DIR [--folds 5] [--stratified]
            [--group-column COL] [--workers N] [--config.a.b=VALUE ...]
               (k-fold cross-validation, one resumable run per fold in DIR/fold_<i>,
@@ -95,6 +101,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   from ctjax import monitor  # pylint: disable=g-import-not-at-top
   monitor.add_arguments(commands.add_parser(
       "monitor", help="compare new data with a run's training data: drift"))
+  from ctjax import adapt  # pylint: disable=g-import-not-at-top
+  adapt.add_arguments(commands.add_parser(
+      "adapt", help="adapt a run to new data, promoted only if it does no harm"))
   from ctjax import federated_cli  # pylint: disable=g-import-not-at-top
   federated_cli.add_arguments(commands.add_parser(
       "federated", help="run config.federated across sites: a server, or a site"))
@@ -168,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "monitor":  # Exit status 1: a drift threshold crossed.
       from ctjax import monitor  # pylint: disable=g-import-not-at-top
       sys.exit(monitor.monitor_command(args, overrides))
+    if args.command == "adapt":  # Exit status 1: the parent kept.
+      from ctjax import adapt  # pylint: disable=g-import-not-at-top
+      sys.exit(adapt.adapt_command(args, overrides))
     if args.command == "eval":
       from ctjax import runs  # pylint: disable=g-import-not-at-top
       from ctjax.evaluators import standalone  # pylint: disable=g-import-not-at-top

@@ -9,7 +9,9 @@ on unless config.reference_statistics=False): a seeded subsample of at most
 REFERENCE_EXAMPLES training examples, their features (a table's encoded inputs;
 for texts and images the model's pooled representation) and the model's
 predictions on them, and its final accuracy on the validation split (when it
-evaluates one at the end), in WORKDIR/reference/ (see ctjax/drift.py).
+evaluates one at the end), in WORKDIR/reference/ (see ctjax/drift.py). A run
+adapted to new data with old data replayed (`ctjax adapt`) is described by its
+new training data alone.
 
 `ctjax monitor` reads NEW as `ctjax eval --data.path` does: the whole file one
 split, encoded with the run's saved WORKDIR/data_state.json, never refitted. A
@@ -63,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "checkpoint, or the best by config.checkpoint.best_metric")
   parser.add_argument("--out", default=None,
                       help="where the report goes (default WORKDIR/monitor/NAME)")
+  add_threshold_arguments(parser)
+  parser.add_argument("--verbose", action="store_true",
+                      help="on an error, print the full traceback too")
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+  """--psi, --ks-pvalue, --mmd-pvalue, --accuracy-drop: when data has drifted."""
   defaults = drift.Thresholds()
   parser.add_argument("--psi", type=float, default=defaults.psi,
                       help="drift where a population stability index exceeds this")
@@ -74,8 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--accuracy-drop", type=float, default=defaults.accuracy_drop,
                       help="drift where the accuracy on labelled new data falls "
                       "more than this below the validation accuracy")
-  parser.add_argument("--verbose", action="store_true",
-                      help="on an error, print the full traceback too")
 
 
 def feature_kind(inputs: np.ndarray) -> str:
@@ -173,8 +180,13 @@ def save_run_reference(config: ml_collections.ConfigDict, workdir: str, params: 
   if not config.get("reference_statistics", True):
     return None
   model = models.get_model(config.model)
+  described = splits["train"]
+  if isinstance(described, splits_lib.Concatenation):
+    # A run adapted to new data (config.data.replay) is described by that data,
+    # what later data should look like, not by the old examples replayed.
+    described = described.parts[0]
   train = pipeline.BatchLoader(
-      _subsample(splits["train"], REFERENCE_EXAMPLES, config.seed),
+      _subsample(described, REFERENCE_EXAMPLES, config.seed),
       ops.compose(config.data.get("preprocess")), num_threads=config.data.num_threads)
   sample = train.load(np.zeros(1, np.int64), None)
   kind = feature_kind(sample["inputs"])
@@ -202,7 +214,8 @@ def save_run_reference(config: ml_collections.ConfigDict, workdir: str, params: 
   return directory
 
 
-def _thresholds(args: argparse.Namespace) -> drift.Thresholds:
+def thresholds(args: argparse.Namespace) -> drift.Thresholds:
+  """The thresholds `add_threshold_arguments` parsed, checked."""
   for flag, value, high in (("--psi", args.psi, np.inf),
                             ("--ks-pvalue", args.ks_pvalue, 1.0),
                             ("--mmd-pvalue", args.mmd_pvalue, 1.0),
@@ -220,35 +233,45 @@ def monitor_command(args: argparse.Namespace, overrides: list[str]) -> int:
 
   `overrides` are "KEY=VALUE" changes to the run's config (say data.delimiter).
   """
-  thresholds = _thresholds(args)
-  if not glob.glob(os.path.expanduser(args.data)):
-    raise UserError(f"--data={args.data}: no such file; give new data of the "
+  report = check_drift(args.workdir, args.data, thresholds=thresholds(args),
+                       checkpoint=args.checkpoint, out=args.out, overrides=overrides)
+  return 1 if report.drifted else 0
+
+
+def check_drift(workdir: str, data: str, *, thresholds: drift.Thresholds,
+                checkpoint: str = "latest", out: str | None = None,
+                overrides: tuple[str, ...] = ()) -> drift.DriftReport:
+  """Compares the file(s) `data` with the run in `workdir`'s reference, through
+  its `checkpoint`'s model; writes and prints the report (see the module's
+  docstring) and returns it."""
+  if not glob.glob(os.path.expanduser(data)):
+    raise UserError(f"--data={data}: no such file; give new data of the "
                     "run's schema (relative paths start at "
                     f"{os.getcwd()})")
-  config = runs.read_config(args.workdir)
+  config = runs.read_config(workdir)
   for override in overrides:
     config_lib.apply_override(config, override)
   # Read before any data or checkpoint: a run without one stops at once.
-  reference = drift.load_reference(args.workdir)
-  config.data.path = args.data
+  reference = drift.load_reference(workdir)
+  config.data.path = data
   name = standalone.point_at_new_data(config, None)
   model = models.get_model(config.model)
   mesh = sharding.make_mesh(config.mesh)
   splits = splits_lib.open_splits(
-      config.data, state_dir=args.workdir, write_state=False,
+      config.data, state_dir=workdir, write_state=False,
       num_classes=getattr(model, "num_classes", None),
       vocab_size=getattr(model, "vocab_size", None))
   loader = pipeline.BatchLoader(splits[name], ops.compose(config.data.get("preprocess")),
                                 num_threads=config.data.num_threads)
-  _, _, params, step = runs.load_model(args.workdir, args.checkpoint, config=config)
+  _, _, params, step = runs.load_model(workdir, checkpoint, config=config)
   features, probabilities, labels = model_outputs(
       outputs_step(model, mesh, reference["kind"]), params, loader, mesh,
       standalone.eval_batch_size(config, mesh))
   report = drift.compare(reference, features, probabilities, labels,
                          thresholds=thresholds, seed=int(config.seed))
-  out_dir = args.out or os.path.join(args.workdir, "monitor", name)
+  out_dir = out or os.path.join(workdir, "monitor", name)
   if jax.process_index() == 0:
     drift.write_report(report, out_dir)
   writers.info(drift.markdown(report))
-  writers.info(f"{args.checkpoint} checkpoint, step {step}; report in {out_dir}")
-  return 1 if report.drifted else 0
+  writers.info(f"{checkpoint} checkpoint, step {step}; report in {out_dir}")
+  return report

@@ -22,6 +22,15 @@ WORKDIR/data_state.json, and applied to every split; a resumed run (or a later
 evaluation) loads that file instead of fitting again, so it sees the same mapping.
 Finally every split's labels are checked against the model (`check_labels`).
 
+`config.data.replay = dict(workdir=PARENT, fraction=0.3, seed=0)` mixes old data
+into the training split, for a model warm-started from the run in PARENT to keep
+what it learned (`ctjax adapt`, ctjax/adapt.py): a seeded sample of PARENT's own
+training split (opened as PARENT's config.json says, replayed parts of its own
+included) is appended to "train", so that `fraction` of the mixed split is old.
+The splits are then encoded as PARENT's were (its data_state.json, copied into
+this run's workdir), never refitted: the warm-started model sees each feature as
+it learned it.
+
 Either way `describe` gives a record (sizes, specs and a digest of the indices)
 that the trainer writes to WORKDIR/splits.json, so a split can be reproduced and
 checked.
@@ -69,6 +78,50 @@ class Subset:
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     return self.source[int(self.indices[i])]
+
+
+class Concatenation:
+  """The examples of `parts`, one part after the other (a training split and
+  its replayed examples), encoded alike."""
+
+  def __init__(self, parts: list[Any]):
+    self.parts = parts
+    self.offsets = np.cumsum([0] + [len(p) for p in parts])
+    for name in ("labels", "lengths"):
+      if all(getattr(p, name, None) is not None for p in parts):
+        setattr(self, name, np.concatenate([getattr(p, name) for p in parts]))
+    if all(hasattr(p, "get_batch") for p in parts):
+      self.get_batch = self._get_batch
+    if all(hasattr(p, "location") for p in parts):
+      self.location = lambda i: self.parts[self._part(i)].location(
+          i - int(self.offsets[self._part(i)]))
+    for name in ("label_names", "label_mean", "label_std", "vocab_size",
+                 "length_buckets", "feature_names"):
+      if hasattr(parts[0], name):
+        setattr(self, name, getattr(parts[0], name))
+
+  def _part(self, i: int) -> int:
+    return int(np.searchsorted(self.offsets, i, side="right")) - 1
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    part = self._part(int(i))
+    return self.parts[part][int(i) - int(self.offsets[part])]
+
+  def _get_batch(self, indices: np.ndarray, *length) -> dict[str, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    part = np.searchsorted(self.offsets, indices, side="right") - 1
+    batch = {}
+    for k in np.unique(part):
+      chosen = part == k
+      got = self.parts[k].get_batch(indices[chosen] - self.offsets[k], *length)
+      for key, value in got.items():
+        if key not in batch:
+          batch[key] = np.empty((len(indices), *value.shape[1:]), value.dtype)
+        batch[key][chosen] = value
+    return batch
 
 
 def fraction_indices(num_examples: int, fractions: dict[str, float], *,
@@ -273,7 +326,66 @@ def open_splits(data_config: Any, *, state_dir: str | None = None,
   splits = check_labels(data_config, splits, num_classes=num_classes,
                         vocab_size=vocab_size)
   _check_not_empty(data_config, splits)
+  if data_config.get("replay"):
+    splits["train"] = _with_replay(data_config, splits["train"],
+                                   num_classes=num_classes, vocab_size=vocab_size)
   return slicing.attach(data_config, splits)  # config.data.slices
+
+
+# config.data.replay's options and their defaults.
+REPLAY = {"workdir": "", "fraction": 0.0, "seed": 0}
+
+
+def replay_options(data_config: Any) -> dict[str, Any]:
+  """config.data.replay with its defaults filled in, checked."""
+  given = data_config.get("replay")
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+  for key, value in given.items():
+    if key not in REPLAY:
+      raise UserError(f"config.data.replay.{key}: unknown option; the options are "
+                      f"{', '.join(REPLAY)}")
+    if not isinstance(value, type(REPLAY[key])) or isinstance(value, bool):
+      raise UserError(f"config.data.replay.{key}={value!r}: expected a "
+                      f"{type(REPLAY[key]).__name__}")
+  options = {**REPLAY, **given}
+  if not 0 <= options["fraction"] < 1:
+    raise UserError(f"config.data.replay.fraction={options['fraction']}: the share "
+                    "of old examples in the training split; give 0 <= f < 1")
+  path = os.path.join(options["workdir"], "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"config.data.replay.workdir={options['workdir']!r}: no "
+                    f"{path}; give the workdir of the run whose data is replayed")
+  return options
+
+
+def _replayed_data_config(workdir: str) -> Any:
+  from ctjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "config.json")) as f:
+    return config_lib.from_json(f.read()).data
+
+
+def _with_replay(data_config: Any, train: Any, *, num_classes: int | None,
+                 vocab_size: int | None) -> Concatenation:
+  """`train` followed by a seeded sample of the replayed run's training split,
+  so many that `fraction` of the whole is replayed (at most all of it)."""
+  options = replay_options(data_config)
+  old = open_splits(_replayed_data_config(options["workdir"]),
+                    state_dir=options["workdir"], write_state=False,
+                    num_classes=num_classes, vocab_size=vocab_size)["train"]
+  if getattr(old, "label_names", None) != getattr(train, "label_names", None):
+    raise UserError(f"config.data.replay.workdir={options['workdir']!r}: its labels "
+                    f"{getattr(old, 'label_names', None)} differ from this run's "
+                    f"{getattr(train, 'label_names', None)}; the replayed run's "
+                    "data_state.json must encode this run's data")
+  fraction = options["fraction"]
+  wanted = round(fraction / (1 - fraction) * len(train))
+  if wanted > len(old):
+    writers.info(f"config.data.replay: {wanted} old examples make fraction "
+                 f"{fraction:g}, but {options['workdir']} trained on {len(old)}; "
+                 "replaying them all")
+  rng = np.random.default_rng(options["seed"])
+  indices = np.sort(rng.choice(len(old), min(wanted, len(old)), replace=False))
+  return Concatenation([train, Subset(old, indices)])
 
 
 def _check_not_empty(data_config: Any, splits: dict[str, Any]) -> None:
@@ -288,31 +400,43 @@ def _check_not_empty(data_config: Any, splits: dict[str, Any]) -> None:
 
 def _load_or_fit(module, data_config: Any, train: Any, state_dir: str | None,
                  write_state: bool) -> dict[str, Any] | None:
-  """The state saved in `state_dir`, else fitted on `train` (None: nothing to fit)."""
+  """The state saved in `state_dir` (else, with config.data.replay, the replayed
+  run's, written to `state_dir`), else fitted on `train` (None: nothing to fit)."""
   path = os.path.join(state_dir, STATE_FILE) if state_dir else None
-  if path and os.path.exists(path):
+  read_from = path
+  if data_config.get("replay") and not (path and os.path.exists(path)):
+    replayed = os.path.join(replay_options(data_config)["workdir"], STATE_FILE)
+    # Without one, the replayed run's source fitted nothing; neither will this.
+    read_from = replayed if os.path.exists(replayed) else path
+  if read_from and os.path.exists(read_from):
     try:
-      with open(path) as f:
+      with open(read_from) as f:
         saved = json.load(f)
       source, state = saved["source"], saved["state"]
     except (ValueError, KeyError, TypeError) as e:
-      raise UserError(f"{path}: unreadable ({e}); delete it to fit the "
+      raise UserError(f"{read_from}: unreadable ({e}); delete it to fit the "
                       "vocabularies again from the training split") from None
     if source != data_config.source:
-      raise UserError(f"{path}: was fitted for source {source!r}, but "
+      raise UserError(f"{read_from}: was fitted for source {source!r}, but "
                       f"config.data.source={data_config.source!r}; use a new "
                       "workdir")
+    if read_from != path and path and write_state:
+      _write_state(path, data_config.source, state)
     return state
   if train is None:  # A saved state encodes any split; fitting needs the train one.
     raise UserError(f"config.data: source {data_config.source!r} fits its "
                     "vocabularies on a split named 'train'; name one 'train'")
   state = module.fit(data_config, train)
   if path and write_state and state is not None:
-    # Written whole, then renamed: other processes never read half a file.
-    os.makedirs(state_dir, exist_ok=True)
-    with writers.atomic_file(path) as f:
-      json.dump({"source": data_config.source, "state": state}, f, indent=1)
+    _write_state(path, data_config.source, state)
   return state
+
+
+def _write_state(path: str, source: str, state: dict[str, Any]) -> None:
+  # Written whole, then renamed: other processes never read half a file.
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with writers.atomic_file(path) as f:
+    json.dump({"source": source, "state": state}, f, indent=1)
 
 
 def _encode(splits: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -406,4 +530,13 @@ def describe(data_config: Any, splits: dict[str, Any]) -> dict[str, Any]:
   record["index_sha256"] = {
       name: hashlib.sha256(s.indices.tobytes()).hexdigest()
       for name, s in splits.items() if isinstance(s, Subset)}
+  train = splits.get("train")
+  if isinstance(train, Concatenation):  # config.data.replay: what was mixed in.
+    own, replayed = train.parts
+    record["replay"] = {
+        **replay_options(data_config), "own_examples": len(own),
+        "replayed_examples": len(replayed),
+        "replayed_index_sha256": hashlib.sha256(replayed.indices.tobytes()).hexdigest()}
+    if isinstance(own, Subset):
+      record["index_sha256"]["train"] = hashlib.sha256(own.indices.tobytes()).hexdigest()
   return record

@@ -52,8 +52,10 @@ def point_at_new_data(config: ml_collections.ConfigDict, split: str | None) -> s
   name = split or os.path.splitext(os.path.basename(path))[0] or "data"
   config.data.split_fractions = None
   config.data.splits = {name: path}
-  # The new file is evaluated whole: no folds, no group column needed.
+  # The new file is evaluated whole: no folds, no group column needed, nothing
+  # replayed into a training split.
   config.data.cross_validation = None
+  config.data.replay = None
   return name
 
 
