@@ -26,6 +26,8 @@ import sysconfig
 import tempfile
 import time
 
+import cpu_devices  # pylint: disable=g-bad-import-order
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -46,10 +48,8 @@ def _parse_args() -> argparse.Namespace:
 
 
 ARGS = _parse_args()
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count={ARGS.devices}")
+cpu_devices.use(ARGS.devices)  # Before JAX starts.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

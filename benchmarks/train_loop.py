@@ -37,11 +37,12 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 import time
+
+import cpu_devices  # pylint: disable=g-bad-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,12 +76,7 @@ def _parse_args() -> argparse.Namespace:
 
 
 ARGS = _parse_args()
-# The device count must be fixed before JAX starts.
-os.environ["XLA_FLAGS"] = " ".join(
-    re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-           os.environ.get("XLA_FLAGS", "")).split() +
-    [f"--xla_force_host_platform_device_count={ARGS.devices}"])
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+cpu_devices.use(ARGS.devices)  # Before JAX starts.
 sys.path.insert(0, REPO)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -36,8 +36,10 @@ csv or jsonl, to ROOT/windows/). Each window is compared with the deployed run's
 reference (`ctjax monitor`, report in ROOT/monitor/WINDOW/); when a threshold is
 crossed the deployed run is adapted to it (in ROOT/adapted/WINDOW/), and a
 promoted candidate becomes the deployed run, whose reference the next windows
-are compared with. ROOT/follow.json holds the deployed run and every window's
-decision, rewritten whole after each window (a killed follower repeats at most
+are compared with. A window that cannot be used (a malformed row, too few rows)
+is recorded with its error and passed over; a mistake in the command stops it
+before the first window. ROOT/follow.json holds the deployed run and every
+window's decision, rewritten whole after each window (a killed follower repeats at most
 the window it was in), and ROOT/decisions.md is its table. --once handles the
 windows there are and exits (for cron); otherwise SOURCE is polled every --poll
 seconds until interrupted.
@@ -61,6 +63,7 @@ import jax
 import ml_collections
 
 from ctjax import config as config_lib
+from ctjax import drift
 from ctjax import models
 from ctjax import monitor
 from ctjax import runs
@@ -102,7 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--metric", default=None,
                       help="the metric judged (default: the parent's "
                       "checkpoint.best_metric's, else accuracy, or loss for "
-                      "regression)")
+                      "regression); lower is better when its name has 'loss' "
+                      "or 'error' in it, unless it is the best_metric, whose "
+                      "best_mode says")
   parser.add_argument("--tolerance", type=float, default=0.01,
                       help="how much of --metric the candidate may lose on the "
                       "old validation data")
@@ -274,6 +279,18 @@ def decide(parent: dict[str, float], candidate: dict[str, float], *, metric: str
   return all(verdicts), reasons
 
 
+def _check_options(*, replay: float, validation_fraction: float,
+                   tolerance: float) -> None:
+  if not 0 <= replay < 1:
+    raise UserError(f"--replay={replay:g}: the share of old examples in the "
+                    "training data; give 0 <= share < 1")
+  if not 0 < validation_fraction < 1:
+    raise UserError(f"--validation-fraction={validation_fraction:g}: give a share "
+                    "between 0 and 1")
+  if tolerance < 0:
+    raise UserError(f"--tolerance={tolerance:g}: give a number >= 0")
+
+
 def _read_json(path: str) -> Any:
   try:
     with open(path) as f:
@@ -289,12 +306,8 @@ def adapt(parent: str, data: str, *, out: str | None = None,
           overrides: list[str] = ()) -> dict[str, Any]:
   """Adapts the run in `parent` to `data` (see the module's docstring); returns
   the record written to OUT/adapt.json."""
-  for flag, value, low, high in (("--replay", replay, 0, 1),
-                                 ("--validation-fraction", validation_fraction, 0, 1)):
-    if not (low <= value < high and (flag == "--replay" or value > 0)):
-      raise UserError(f"{flag}={value:g}: give a share between 0 and 1")
-  if tolerance < 0:
-    raise UserError(f"--tolerance={tolerance:g}: give a number >= 0")
+  _check_options(replay=replay, validation_fraction=validation_fraction,
+                 tolerance=tolerance)
   if not glob.glob(os.path.expanduser(data)):
     raise UserError(f"--data={data}: no such file; give new data of the run's "
                     f"schema (relative paths start at {os.getcwd()})")
@@ -304,7 +317,8 @@ def adapt(parent: str, data: str, *, out: str | None = None,
   child = out or f"{parent.rstrip('/')}-adapted-{name}"
   done = _read_json(os.path.join(child, DECISION_FILE))
   if done is not None:
-    writers.info(f"{child}: adapted before; its decision: {done['decision']}")
+    writers.info(f"{child}: adapted before; its decision: {done['decision']} "
+                 f"(delete {DECISION_FILE} to evaluate and decide again)")
     return done
   metric, mode = metric_and_mode(parent_config, metric)
   step = runs.choose_checkpoint_step(parent, parent_config, checkpoint)
@@ -420,14 +434,16 @@ def _decisions_table(state: dict[str, Any]) -> str:
            "decision | deployed after |", "|---|---|---|---|---|---|---|"]
   for w in state["windows"]:
     accuracy = "-" if w["accuracy"] is None else f"{w['accuracy']:.3f}"
-    lines.append(f"| {w['window']} | {accuracy} | {'yes' if w['drifted'] else 'no'} | "
+    drifted = ("error" if w["drifted"] is None else
+               "yes" if w["drifted"] else "no")
+    lines.append(f"| {w['window']} | {accuracy} | {drifted} | "
                  f"{', '.join(w['crossed']) or '-'} | {w.get('adapted') or '-'} | "
-                 f"{w.get('decision') or '-'} | {w['deployed']} |")
+                 f"{w.get('decision') or w.get('error') or '-'} | {w['deployed']} |")
   return "\n".join(lines) + "\n"
 
 
 def follow(source: str, deployed: str, *, out: str | None, once: bool, poll: float,
-           window_rows: int, thresholds: Any, adapt_options: dict[str, Any],
+           window_rows: int, thresholds: drift.Thresholds, adapt_options: dict[str, Any],
            overrides: list[str] = ()) -> dict[str, Any]:
   """Monitors, and adapts to, each new window of `source` (see the module's
   docstring); returns the follower's state, as in ROOT/follow.json."""
@@ -436,6 +452,15 @@ def follow(source: str, deployed: str, *, out: str | None, once: bool, poll: flo
   jsonl = os.path.isfile(source)
   if jsonl and window_rows < 1:
     raise UserError(f"--window-rows={window_rows}: give a positive number")
+  if jax.process_count() > 1:
+    raise UserError("--follow runs as one process; start it without "
+                    "jax.distributed (a single adaptation may use many)")
+  # Mistakes in the command stop it now; a bad window later is only recorded.
+  _check_options(**{k: adapt_options[k] for k in
+                    ("replay", "validation_fraction", "tolerance")})
+  adapted_config(runs.read_config(deployed), deployed, 0, str(source), replay=0.0,
+                 validation_fraction=0.5, overrides=overrides)
+  drift.load_reference(deployed)
   root = out or f"{deployed.rstrip('/')}-follow"
   state_path = os.path.join(root, FOLLOW_FILE)
   state = _read_json(state_path) or {
@@ -472,23 +497,37 @@ def follow(source: str, deployed: str, *, out: str | None, once: bool, poll: flo
   return state
 
 
-def _handle_window(path: str, deployed: str, root: str, thresholds: Any,
+def _handle_window(path: str, deployed: str, root: str, thresholds: drift.Thresholds,
                    adapt_options: dict[str, Any], overrides: list[str]
                    ) -> dict[str, Any]:
   """The record of one window: monitored, and adapted to when it drifted."""
   name = os.path.basename(path)
   stem = os.path.splitext(name)[0]
+  record = {"window": name, "sha256": file_digests(path)[os.path.abspath(path)],
+            "deployed": deployed}
   writers.info(f"--- window {name}: against {deployed}")
+  try:
+    return {**record, **_monitor_and_adapt(path, deployed, root, stem, thresholds,
+                                           adapt_options, overrides)}
+  except UserError as e:
+    # A bad window (a malformed row, say) is recorded and passed over: the
+    # follower keeps serving the windows after it.
+    writers.info(f"window {name}: not used: {e}")
+    return {**record, "error": str(e), "drifted": None, "crossed": [],
+            "accuracy": None}
+
+
+def _monitor_and_adapt(path: str, deployed: str, root: str, stem: str,
+                       thresholds: drift.Thresholds, adapt_options: dict[str, Any],
+                       overrides: list[str]) -> dict[str, Any]:
   report = monitor.check_drift(deployed, path, thresholds=thresholds,
                                out=os.path.join(root, "monitor", stem))
   accuracy = [row.new for row in report.rows if row.check == "accuracy"]
-  record = {"window": name, "sha256": file_digests(path)[os.path.abspath(path)],
-            "drifted": report.drifted,
+  record = {"drifted": report.drifted,
             # The deployed model's on the window, where it has labels.
             "accuracy": accuracy[0] if accuracy else None,
             "crossed": [f"{row.name} ({'+'.join(row.crossed)})"
-                        for row in report.crossed],
-            "deployed": deployed}
+                        for row in report.crossed]}
   if report.drifted:
     child = os.path.join(root, "adapted", stem)
     decision = adapt(deployed, path, out=child, overrides=overrides, **adapt_options)

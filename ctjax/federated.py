@@ -13,8 +13,7 @@ loss per round (step = round in metrics.jsonl), and runs the config's
 evaluators on the global model. With config.privacy, DP-FedAvg: clients
 Poisson-sampled, their changes clipped and noised, user-level epsilon in the
 log (see `make_round`). The same config deployed across sites, one process
-each: ctjax/flower.py (`prepare` and `run_rounds` are shared with it). Not yet:
-the client axis sharded over a mesh (one device runs all clients).
+each: ctjax/flower.py (`prepare` and `run_rounds` are shared with it).
 
 A round: the server sends the global parameters to m sampled clients; each runs
 `local_steps` steps of the trainer's own update (`train.make_train_step`: the
@@ -28,7 +27,11 @@ examples, and applies that average as a pseudo-gradient with its own optimizer
   fedadam  server Adam at server_lr (b1 0.9, b2 0.99, eps 1e-3, as Reddi et al.)
 
 All m clients' local training is one `jax.vmap` over the client axis of a
-`lax.scan` over their local steps: one program, whatever the clients.
+`lax.scan` over their local steps: one program, whatever the clients. That axis
+is sharded over the mesh's batch axes (config.mesh data x fsdp), so each device
+trains m / devices clients; a round pads m up to a multiple of them with clients
+whose changes weigh nothing (clients_per_round a multiple of the devices wastes
+no work).
 """
 import dataclasses
 import hashlib
@@ -118,16 +121,18 @@ def client_indices(examples: np.ndarray, key: int, round_index: int, *,
 
 def sample_round(partitions: list[np.ndarray], keys: list[int], round_index: int, *,
                  clients_per_round: int, local_steps: int, batch_size: int,
-                 seed: int, clients: np.ndarray | None = None
+                 seed: int, clients: np.ndarray | None = None, multiple: int = 1
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A round's (client ids [m], example indices [m, local_steps, batch_size],
   weights [m]): clients drawn without replacement (or `clients` given, -1 for
-  a padding client, DP-FedAvg's), each client's batches by `client_indices`,
-  weights the clients' example counts over their sum (0 for padding). A
-  function of (seed, round) alone, so a resumed run draws the same."""
+  a padding client, DP-FedAvg's), padded with -1 to a multiple of `multiple`
+  (the devices the clients are sharded over), each client's batches by
+  `client_indices`, weights the clients' example counts over their sum (0 for
+  padding). A function of (seed, round) alone, so a resumed run draws the same."""
   if clients is None:
     rng = np.random.default_rng([seed, round_index, 0xc11e])
     clients = np.sort(rng.choice(len(partitions), clients_per_round, replace=False))
+  clients = np.concatenate([clients, np.full(-len(clients) % multiple, -1)])
   # A padding client trains on client 0's data; its update is weighted out.
   indices = np.stack([
       client_indices(partitions[max(c, 0)], keys[max(c, 0)], round_index,
@@ -203,11 +208,22 @@ def client_rng(round_rng: jax.Array, key: int | jax.Array) -> jax.Array:
   return jax.random.fold_in(round_rng, key)
 
 
+def client_shards(mesh: jax.sharding.Mesh) -> int:
+  """How many devices a simulated round's clients are divided among: the mesh's
+  batch axes (data x fsdp), as a training batch is."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def make_round(model: Any, local_tx: optax.GradientTransformation, *,
                algorithm: str, server_lr: float = 1.0, mu: float = 0.0,
                per_example_loss: Callable[[jax.Array, jax.Array], jax.Array],
-               dp: Any = None) -> Round:
+               dp: Any = None, mesh: jax.sharding.Mesh | None = None) -> Round:
   """One federated round of `model`, clients training with `local_tx`.
+
+  With `mesh`, `run`'s client axis (its batches, weights, keys and losses) is
+  sharded over the mesh's batch axes, the global state replicated: each device
+  trains its share of the clients (m must divide among them: `sample_round`
+  pads), and the weighted mean of their changes is a sum across devices.
 
   With `dp` (a `privacy.Privacy` over clients), DP-FedAvg (McMahan et al.
   2018): each real client's change is clipped to norm dp.clip_norm, the clipped
@@ -247,7 +263,16 @@ def make_round(model: Any, local_tx: optax.GradientTransformation, *,
                                          jax.random.fold_in(rng, NOISE_STREAM))
     return (*server_update(params, server_opt_state, mean_change), losses)
 
-  return Round(run=jax.jit(run), client_update=jax.jit(client_update),
+  run_shardings = {}
+  if mesh is not None:
+    spec = jax.sharding.PartitionSpec
+    replicated = jax.sharding.NamedSharding(mesh, spec())
+    by_client = jax.sharding.NamedSharding(mesh, spec(("data", "fsdp")))
+    run_shardings = dict(
+        in_shardings=(replicated, replicated, by_client, by_client, by_client,
+                      replicated),
+        out_shardings=(replicated, replicated, by_client))
+  return Round(run=jax.jit(run, **run_shardings), client_update=jax.jit(client_update),
                server_update=jax.jit(server_update), server_tx=server_tx)
 
 
@@ -367,7 +392,7 @@ def prepare(config: Any, workdir: str, *, write_state: bool = True,
   a deployed process reads of config.data.splits: a site its train file, the
   server its evaluation files."""
   # pylint: disable=g-import-not-at-top
-  from ctjax import config as config_lib, models, optim, privacy, tasks
+  from ctjax import config as config_lib, models, optim, privacy, sharding, tasks
   from ctjax.data import ops, pipeline
   from ctjax.data import splits as splits_lib
   # pylint: enable=g-import-not-at-top
@@ -403,7 +428,8 @@ def prepare(config: Any, workdir: str, *, write_state: bool = True,
                                   train_examples=None)[0]
   round_ = make_round(model, local_tx, algorithm=options["algorithm"],
                       server_lr=options["server_lr"], mu=options["mu"],
-                      per_example_loss=task.per_example_loss, dp=dp)
+                      per_example_loss=task.per_example_loss, dp=dp,
+                      mesh=sharding.make_mesh(config.mesh))
   return Federation(config=config, options=options, model=model, task=task,
                     splits=splits, loaders=loaders, round=round_, dp=dp)
 
@@ -475,13 +501,14 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   """Simulates `config.federated`'s rounds in `workdir` (see `run_rounds`): each
   round's clients in one compiled program. Returns the last round's scalars."""
   # pylint: disable=g-import-not-at-top
-  from ctjax import privacy, writers
+  from ctjax import privacy, sharding, writers
   # pylint: enable=g-import-not-at-top
   fed = prepare(config, workdir)
   options, dp = fed.options, fed.dp
   names, parts = fed.site_partitions()
   keys = [client_key(name) for name in names]
   per_round = fed.per_round
+  shards = client_shards(sharding.make_mesh(config.mesh))
   if dp:
     privacy.record(workdir, dp, write=True)
     writers.info(dp.describe().replace("DP-SGD", "DP-FedAvg") + "; epsilon after "
@@ -489,13 +516,14 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   writers.info(f"federated: {options['clients']} clients "
                f"({', '.join(str(len(p)) for p in parts)} examples), {per_round} a "
                f"round, {options['rounds']} rounds of {options['local_steps']} local "
-               f"steps, {options['algorithm']}")
+               f"steps, {options['algorithm']}; a round's clients divided among "
+               f"{shards} devices")
 
   def simulated_round(r, state):
     clients, indices, weights = sample_round(
         parts, keys, r - 1, clients_per_round=per_round,
         local_steps=options["local_steps"], batch_size=config.batch_size,
-        seed=config.seed,
+        seed=config.seed, multiple=shards,
         clients=privacy.sampled_indices(r - 1, dp, config.seed) if dp else None)
     client_keys = np.array([keys[max(c, 0)] for c in clients], np.uint32)
     batches = [client_batch(fed.loaders["train"], idx, key, r - 1, seed=config.seed)

@@ -34,6 +34,9 @@ _spec.loader.exec_module(months)
 # misses most card testing: the adaptations' gains are tens of points.
 BASE_STEPS = 300
 ADAPT_STEPS = 300
+# `ctjax adapt`'s defaults, as adapt.follow takes them.
+OPTIONS = dict(checkpoint="latest", replay=0.3, validation_fraction=0.2, metric=None,
+               tolerance=0.01, min_gain=0.0)
 
 
 def _base_config(csv: str) -> dict:
@@ -220,14 +223,18 @@ def test_following_a_folder_adapts_only_to_drifted_windows(parent, tmp_path):
   (incoming / "a_month_1.csv").write_bytes((folder / "month_1.csv").read_bytes())
   (incoming / "b_month_2.csv").write_bytes((folder / "month_2.csv").read_bytes())
   (incoming / ".c_partial.csv").write_text("half written")
-  options = dict(checkpoint="latest", replay=0.5, validation_fraction=0.2,
-                 metric=None, tolerance=0.05, min_gain=0.0)
+  (incoming / "a_bad.csv").write_text(
+      (folder / "month_1.csv").read_text().replace("\n", "\nnot,a,row\n", 1))
   follow = lambda: adapt.follow(
       str(incoming), str(folder / "base"), out=str(tmp_path / "follow"), once=True,
-      poll=0, window_rows=0, thresholds=drift.Thresholds(), adapt_options=options,
+      poll=0, window_rows=0, thresholds=drift.Thresholds(),
+      adapt_options={**OPTIONS, "replay": 0.5, "tolerance": 0.05},
       overrides=[f"train_duration={ADAPT_STEPS}"])
   state = follow()
-  first, second = state["windows"]
+  bad, first, second = state["windows"]
+  # A window with a malformed row is recorded, not used, and passed over.
+  assert bad["window"] == "a_bad.csv" and bad["drifted"] is None
+  assert "a_bad.csv:2" in bad["error"] and bad["deployed"] == str(folder / "base")
   # Month 1 is like month 0: no drift, nothing trained, the base stays.
   assert first["window"] == "a_month_1.csv" and not first["drifted"]
   assert "adapted" not in first and first["deployed"] == str(folder / "base")
@@ -244,7 +251,7 @@ def test_following_a_folder_adapts_only_to_drifted_windows(parent, tmp_path):
   # (adapted) run.
   assert follow()["windows"] == state["windows"]
   (incoming / "c_month_2_again.csv").write_bytes((folder / "month_2.csv").read_bytes())
-  third = follow()["windows"][2]
+  third = follow()["windows"][3]
   assert third["window"] == "c_month_2_again.csv" and not third["drifted"]
   assert third["deployed"] == state["deployed"]
 
@@ -258,7 +265,7 @@ def test_following_a_jsonl_file_cuts_windows_of_complete_lines(parent, tmp_path)
   stream.write_text("\n".join(as_json[:450]) + "\n" + as_json[450][:10])
   follow = lambda: adapt.follow(
       str(stream), str(folder / "base"), out=str(tmp_path / "follow"), once=True,
-      poll=0, window_rows=300, thresholds=drift.Thresholds(), adapt_options={},
+      poll=0, window_rows=300, thresholds=drift.Thresholds(), adapt_options=OPTIONS,
       overrides=[])
   state = follow()
   # 450 complete lines: one window of 300; the rest waits for more.
@@ -290,3 +297,21 @@ def test_model_init_step_warm_starts_from_that_checkpoint(parent):
                               saved[300])
   with pytest.raises(UserError, match="model_init_step=200: .* it has 150, 300"):
     checkpoint.restore_params(base, zeros, zeros, step=200)
+
+
+@pytest.mark.parametrize("options, overrides, message", [
+    ({}, ["optim.lrr=0.1"], "optim.lrr"),
+    ({"replay": 1.5}, [], "--replay=1.5"),
+])
+def test_a_mistake_in_the_follow_command_stops_it_before_any_window(
+    parent, tmp_path, options, overrides, message):
+  folder, _ = parent
+  (tmp_path / "incoming").mkdir()
+  (tmp_path / "incoming" / "month_2.csv").write_bytes(
+      (folder / "month_2.csv").read_bytes())
+  with pytest.raises(UserError, match=message):
+    adapt.follow(str(tmp_path / "incoming"), str(folder / "base"),
+                 out=str(tmp_path / "follow"), once=True, poll=0, window_rows=0,
+                 thresholds=drift.Thresholds(), adapt_options={**OPTIONS, **options},
+                 overrides=overrides)
+  assert not (tmp_path / "follow" / "follow.json").exists()

@@ -155,6 +155,39 @@ def test_a_fedavg_or_fedprox_round_is_the_weighted_mean_of_the_clients(algorithm
   assert losses.shape == (3,) and np.all(np.isfinite(losses))
 
 
+def test_a_rounds_clients_are_divided_among_the_mesh_devices():
+  """4 devices, 3 clients padded to 4 as `sample_round` pads them: each device
+  trains one client; the round is the hand-written one (the padding client,
+  weighted 0, adds nothing), the clients' sum now across devices."""
+  model, batches, params, weights = _setup()
+  mesh = jax.make_mesh((4, 1, 1), ("data", "fsdp", "tensor"),
+                       devices=jax.devices()[:4],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  parts = [np.arange(10), np.arange(10, 30), np.arange(30, 40)]
+  clients, _, padded_weights = federated.sample_round(
+      parts, [1, 2, 3], 0, clients_per_round=3, local_steps=2, batch_size=8, seed=0,
+      multiple=federated.client_shards(mesh))
+  assert list(clients) == [0, 1, 2, -1] and padded_weights[3] == 0
+  pad = lambda x: np.concatenate([x, x[:1]])  # The padding client trains on client 0's.
+  padded = jax.tree.map(pad, batches)
+  weights = np.append(weights, 0).astype(np.float32)
+  round_ = federated.make_round(
+      model, optax.sgd(0.1), algorithm="fedavg", mesh=mesh,
+      per_example_loss=tasks.get("classification").per_example_loss)
+  new, _, losses = round_.run(params, round_.server_tx.init(params), padded, weights,
+                              np.arange(4, dtype=np.uint32), jax.random.PRNGKey(0))
+  assert losses.sharding.shard_shape(losses.shape) == (1,)
+  assert len(losses.sharding.device_set) == 4
+  expected = jax.tree.map(jnp.add, params, _hand_written_round(
+      model, params, batches, weights[:3], 0.1))
+  # The single-device round's bound, plus the weighted sum's 4 terms now added
+  # across devices in another order (each change is smaller than the
+  # parameters, whose scale the bound is relative to).
+  tolerances.assert_close_normwise(
+      new, expected, tolerances.curve_rtol(2, TERMS) + tolerances.sum_rtol(4))
+  np.testing.assert_allclose(losses[3], losses[0], rtol=1e-6)
+
+
 def test_fedprox_keeps_the_clients_closer_to_the_global_model():
   model, batches, params, weights = _setup()
   distance = lambda new: float(optax.tree.norm(jax.tree.map(jnp.subtract, new, params)))
