@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from ctjax.data import splits as splits_lib
 from ctjax.errors import UserError
 
 import run_util
+import test_resume
 
 _spec = importlib.util.spec_from_file_location(
     "transactions_drift", run_util.REPO / "configs" / "transactions_drift.py")
@@ -315,3 +317,25 @@ def test_a_mistake_in_the_follow_command_stops_it_before_any_window(
                  thresholds=drift.Thresholds(), adapt_options={**OPTIONS, **options},
                  overrides=overrides)
   assert not (tmp_path / "follow" / "follow.json").exists()
+
+
+def test_an_adaptation_killed_after_a_checkpoint_resumes_to_the_same_result(
+    adapted, tmp_path):
+  """The adapted run as if killed just after its step-150 checkpoint, before any
+  decision, and run again: the same parameters, bit for bit, and the same
+  evaluations and decision."""
+  folder, record = adapted
+  resumed = tmp_path / "resumed"
+  shutil.copytree(folder / "adapted", resumed)
+  test_resume.truncate(resumed, 150)
+  shutil.rmtree(resumed / "adapt")
+  (resumed / "adapt.json").unlink()
+  again = adapt.adapt(str(folder / "base"), str(folder / "month_2.csv"),
+                      out=str(resumed), replay=0.5, tolerance=0.05,
+                      overrides=[f"train_duration={ADAPT_STEPS}"])
+  test_resume.assert_bitwise_equal(run_util.saved_state(resumed, ADAPT_STEPS),
+                                   run_util.saved_state(folder / "adapted",
+                                                        ADAPT_STEPS))
+  assert again["evaluations"] == record["evaluations"]
+  assert (again["decision"], again["reasons"]) == (record["decision"],
+                                                   record["reasons"])
