@@ -32,7 +32,7 @@ train: $(STAMP)
 	$(VENV)/bin/ctjax train --config configs/default.py --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n 2 -q --durations=10 tests
+	$(VENV)/bin/python -m pytest -n 2 --dist worksteal -q --durations=10 tests
 
 test-isa: $(STAMP)
 	for isa in AVX2 SSE4_2; do \

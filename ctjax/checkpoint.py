@@ -106,8 +106,26 @@ def _without_full_disk_tracebacks(record: logging.LogRecord) -> bool:
   return not (record.exc_info and _is_out_of_space(record.exc_info[1]))
 
 
+# Checkpoint folders (with a trailing separator) found damaged and named in a
+# warning by `_newest_readable`.
+_reported_damage: set[str] = set()
+
+
+def _without_reported_damage(record: logging.LogRecord) -> bool:
+  """Orbax reads a checkpoint's arrays in concurrent tasks; the first failure
+  ends the restore, and asyncio logs each sibling task that failed too, with its
+  traceback, whenever it is collected ("Task exception was never retrieved"),
+  often at exit. Reads of a checkpoint already reported damaged are left out."""
+  error, text = record.exc_info[1] if record.exc_info else None, ""
+  while error is not None:
+    text += str(error)
+    error = error.__cause__ or error.__context__
+  return not any(folder in text for folder in _reported_damage)
+
+
 for _logger in ("absl", "asyncio"):
   logging.getLogger(_logger).addFilter(_without_full_disk_tracebacks)
+  logging.getLogger(_logger).addFilter(_without_reported_damage)
 # A periodic save between evaluations has no metrics, as intended: the best-metric
 # policy skips it (see make_manager); Orbax's warning about each one is noise.
 logging.getLogger("absl").addFilter(
@@ -286,6 +304,7 @@ def _newest_readable(manager: ocp.CheckpointManager,
     # Orbax and TensorStore raise many types for missing or truncated files.
     except Exception as e:  # pylint: disable=broad-except
       damaged.append((path, _reason(e)))
+      _reported_damage.add(os.path.join(str(path), ""))
       continue
     set_aside = (_set_aside(manager, [p for p, _ in damaged]) if set_aside_damaged
                  else {})

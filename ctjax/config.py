@@ -136,6 +136,10 @@ def base_config() -> ConfigDict:
   # TensorFlow, whose import costs a few seconds of every run's start-up; off,
   # metrics still go to metrics.jsonl and stdout.
   c.tensorboard = True
+  # Plots in WORKDIR/plots/ and WORKDIR/report.html after the final evaluation
+  # (and after `ctjax eval`). Drawing them takes a few seconds of matplotlib;
+  # off, the evaluation's files (WORKDIR/eval/) are still written.
+  c.report = True
   # At the end of training, statistics of (a subsample of) the training inputs and
   # predictions in WORKDIR/reference/, which `ctjax monitor` compares new data
   # against (ctjax/monitor.py); seconds of forward passes.

@@ -567,7 +567,7 @@ def train_population(config: ml_collections.ConfigDict, trials: list[dict[str, A
     for i, trial in enumerate(population):
       if i not in final:
         continue
-      if jax.process_index() == 0:
+      if trial.config.report and jax.process_index() == 0:
         report_path = report.write_for_evaluation(trial.workdir, "final", splits)
         if report_path:
           info(f"report: {report_path}")

@@ -600,7 +600,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         return {}
 
     final = run_evals(scheduled_evaluators, step, final=True)
-    if jax.process_index() == 0:  # Plots and WORKDIR/report.html, for people.
+    if config.report and jax.process_index() == 0:  # Plots and report.html.
       report_path = report.write_for_evaluation(workdir, "final", splits)
       if report_path:
         info(f"report: {report_path}")

@@ -25,3 +25,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "ctjax-tests-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_collection_modifyitems(items):
+  """Tests marked `long` go first, the rest in pytest-randomly's order (this
+  stable sort runs after its shuffle). A long test started last would run alone
+  while the other workers idle; started first, it overlaps the others (with
+  `--dist worksteal`, an idle worker takes queued tests from a busy one)."""
+  items.sort(key=lambda item: item.get_closest_marker("long") is None)

@@ -113,8 +113,10 @@ def write_config(directory: os.PathLike, config: dict[str, Any],
   # TensorBoard files cost a run TensorFlow's import, seconds of every test's
   # start-up; tests/test_train.py reads the default experiment's. Reference
   # statistics (a forward pass over a training sample, and its compile) are
-  # tests/test_monitor.py's to turn on.
-  config = {"tensorboard": False, "reference_statistics": False, **config}
+  # tests/test_monitor.py's to turn on; plots and report.html (seconds of
+  # matplotlib) tests/test_evaluation.py's and the default experiment's.
+  config = {"tensorboard": False, "reference_statistics": False, "report": False,
+            **config}
   path.write_text("from ml_collections import ConfigDict\n\n\n"
                   "def get_config(arg=None):\n"
                   f"  return ConfigDict({config!r})\n")

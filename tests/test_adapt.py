@@ -7,7 +7,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -195,6 +195,7 @@ def _final(run_dir: pathlib.Path) -> dict[str, float]:
           if k.startswith(("validation/", "test/"))}
 
 
+@pytest.mark.long
 def test_cv_resumes_a_stopped_fold_skips_finished_ones_and_tabulates(tmp_path,
                                                                      capfd):
   config = run_util.write_config(tmp_path, MLP)

@@ -107,6 +107,7 @@ def test_process_shares_make_up_the_global_batch_and_eval_is_exact():
 CALIBRATION_BINS = 10
 
 
+@pytest.mark.long
 def test_one_and_two_processes_give_the_same_validation_metrics(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(300, 3))

@@ -196,7 +196,7 @@ def test_eval_on_another_device_count_and_on_a_new_file(tmp_path):
       model=dict(name="mlp", num_classes=2, hidden_sizes=(16,)),
       batch_size=32, eval_batch_size=24, train_duration=80, log_every=40,
       eval_every=40, checkpoint=dict(every=40, best_metric="validation/loss",
-                                     best_mode="min")))
+                                     best_mode="min"), report=True))
   workdir = tmp_path / "run"
   run_util.train(config, workdir, devices=8)
   trained = run_util.metrics(workdir)[-1]

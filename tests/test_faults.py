@@ -7,6 +7,7 @@ train` subprocess (a small MLP, 60 steps, 8 CPU devices) and compares the end wi
 an uninterrupted reference run, bit for bit where the work is the same.
 """
 import gc
+import logging
 import shutil
 import sys
 
@@ -90,6 +91,7 @@ def test_watchdog_ends_a_hung_run_with_every_stack(setup, tmp_path):
   assert_nothing_lost(faults.hang_trial(setup, tmp_path / "run", minutes=0.05))
 
 
+@pytest.mark.long
 def test_survivor_of_a_killed_peer_exits_and_both_resume(setup, tmp_path):
   """Process 1 of 2 killed after the first checkpoint. Process 0 waits in a
   collective until JAX's coordination service misses process 1's heartbeats and
@@ -98,3 +100,38 @@ def test_survivor_of_a_killed_peer_exits_and_both_resume(setup, tmp_path):
   trial = faults.peer_trial(setup, tmp_path / "run", np.random.default_rng(0),
                             victim=1, watchdog_minutes=0.2)
   assert_nothing_lost(trial)
+
+
+def test_late_asyncio_reports_of_a_checkpoint_reported_damaged_are_left_out(
+    setup, tmp_path):
+  """Orbax's sibling read tasks of a damaged checkpoint fail too, and asyncio
+  logs each, traceback and all, when it is collected: once the damage is named
+  in a warning, those reports are dropped; others still show."""
+  workdir = tmp_path / "run"
+  shutil.copytree(setup.reference, workdir)
+  manager = checkpoint.make_manager(str(workdir / "checkpoints"), read_only=True)
+  older, newest = sorted(manager.all_steps())[-2:]
+  read_error = lambda step: ValueError(
+      f"Error reading \"{workdir / 'checkpoints' / str(step) / 'state'}/\"")
+
+  def restore_step(step):
+    if step == newest:
+      raise read_error(step)
+    return step
+
+  assert checkpoint._newest_readable(  # pylint: disable=protected-access
+      manager, restore_step, set_aside_damaged=False) == older
+  shown = []
+  handler = logging.Handler()
+  handler.emit = shown.append
+  asyncio_log = logging.getLogger("asyncio")
+  asyncio_log.addHandler(handler)
+  try:
+    for step in (newest, older):
+      try:
+        raise read_error(step)
+      except ValueError:
+        asyncio_log.error("Task exception was never retrieved", exc_info=True)
+  finally:
+    asyncio_log.removeHandler(handler)
+  assert [str(r.exc_info[1]) for r in shown] == [str(read_error(older))]

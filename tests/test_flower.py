@@ -112,6 +112,7 @@ def _kill(process: subprocess.Popen) -> None:
   process.wait()
 
 
+@pytest.mark.long
 def test_a_deployed_federation_trains_as_the_simulation_drops_or_retries_a_killed_site_and_resumes(
     tmp_path):
   _write_tables(tmp_path)

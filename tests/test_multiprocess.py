@@ -19,6 +19,7 @@ MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 STEPS = run_util.GPT_CONFIG["train_duration"]
 
 
+@pytest.mark.long
 def test_two_processes_match_one_process(tmp_path, tmp_path_factory):
   reference = run_util.shared_train(tmp_path_factory, run_util.GPT_CONFIG, MESH)
   config = run_util.write_config(tmp_path, run_util.GPT_CONFIG)

@@ -339,6 +339,7 @@ def test_two_processes_resume_from_a_checkpoint_bit_identical(multiprocess_refer
   assert_ends_like(workdir, reference)
 
 
+@pytest.mark.long
 def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_bit_identical(
     multiprocess_reference, tmp_path):
   """SIGTERM reaches process 1 only, as when one host of a slice is preempted

@@ -75,6 +75,7 @@ def _attempts(run_dir: pathlib.Path) -> int:
              (run_dir / "log.txt").read_text().splitlines())
 
 
+@pytest.mark.long
 def test_default_sweep_resumes_after_the_driver_is_killed(tmp_path):
   sweep = tmp_path / "sweep"
   arguments = ["--config", "configs/default.py:steps=100", "--sweep", "width",
@@ -146,6 +147,7 @@ def _write_search_config(directory: pathlib.Path, **changes) -> str:
   return str(path)
 
 
+@pytest.mark.long
 def test_search_prunes_trials_below_the_median(tmp_path):
   """lr 1e-6 and 2e-6 barely move from chance; lr 0.05 learns. In any order of
   the grid, a bad trial meets a median that includes the good one (a lone
@@ -219,6 +221,7 @@ def get_sweeps(arg=None):
 
 @pytest.mark.skipif(bool(postgres_server.unavailable()),
                     reason=postgres_server.unavailable() or "-")
+@pytest.mark.long
 def test_two_drivers_share_a_postgres_study_and_retry_a_killed_ones_trial(tmp_path):
   # Trials long enough to be caught between checkpoints: a checkpoint every 20
   # of 400 steps.
@@ -284,6 +287,7 @@ def get_sweeps(arg=None):
 '''
 
 
+@pytest.mark.long
 def test_a_failed_trial_is_reported_with_its_log_and_retried_when_asked(tmp_path):
   """lr 1e30 diverges (the trainer stops with exit status 2, naming the step):
   the driver says so with the end of the trial's log and exits 1; a rerun skips

@@ -284,6 +284,7 @@ def default_run(tmp_path_factory) -> shared_runs.SharedRun:
 
 # `make train` runs on the machine's one CPU device; tests see 8.
 @pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.long
 def test_default_experiment_reaches_97_percent_test_accuracy(tmp_path_factory,
                                                              devices):
   run = _default_experiment(tmp_path_factory, devices)
@@ -297,6 +298,9 @@ def test_default_experiment_reaches_97_percent_test_accuracy(tmp_path_factory,
   assert run.cpu_seconds < 300, (run.cpu_seconds, run.seconds)
   assert run_util.checkpoint_steps(workdir)[-1] == 600
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  # config.report: the final evaluation's plots and report.html.
+  assert (workdir / "report.html").stat().st_size > 10_000
+  assert (workdir / "plots" / "final_test_confusion_matrix.png").exists()
 
 
 def test_metrics_jsonl_has_one_record_per_logged_step(default_run):

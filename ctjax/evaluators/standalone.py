@@ -123,7 +123,7 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
   results = {}
   for evaluator in evaluators:
     results.update(evaluator.run(params, final=True))
-  if jax.process_index() == 0:
+  if config.report and jax.process_index() == 0:
     report_path = report.write_for_evaluation(workdir, tag, splits)
     if report_path:
       writers.info(f"report: {report_path}")
