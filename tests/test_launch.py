@@ -711,11 +711,14 @@ def test_processes_that_all_join_start_jax_distributed_from_slurm():
 
 def test_the_coordinator_names_the_absent_and_tells_the_present(monkeypatch):
   port = multiprocess_util.free_port()
-  # Process 2 of 3 joins; process 1 never comes.
-  present = subprocess.Popen([sys.executable, "-c", PROCESS], cwd=run_util.REPO,
-                             env=join_env(2, 3, port, CTJAX_JOIN_TIMEOUT_S="30"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+  # Process 2 of 3 joins; process 1 never comes. The coordinator's 3 s start once
+  # process 2 has its imports done (seconds on a loaded machine) and is joining.
+  present = subprocess.Popen(
+      [sys.executable, "-c", "import ctjax.distributed\nprint('joining', flush=True)\n"
+       + PROCESS], cwd=run_util.REPO,
+      env=join_env(2, 3, port, CTJAX_JOIN_TIMEOUT_S="30"),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert present.stdout.readline() == "joining\n"
   set_env(monkeypatch, join_env(0, 3, port))
   with pytest.raises(UserError) as error:
     distributed.initialize(timeout_s=3)
