@@ -71,7 +71,6 @@ from ctjax import sharding
 from ctjax import writers
 from ctjax.data import ops
 from ctjax.data import pipeline
-from ctjax.data import splits as splits_lib
 from ctjax.errors import UserError
 from ctjax.evaluators import configured
 from ctjax.evaluators import make_evaluators
@@ -216,24 +215,20 @@ def adapted_config(parent_config: ml_collections.ConfigDict, parent: str, step: 
 
 
 def _evaluation_loaders(config: ml_collections.ConfigDict, parent: str,
-                        parent_config: ml_collections.ConfigDict, child: str
+                        parent_config: ml_collections.ConfigDict
                         ) -> dict[str, pipeline.BatchLoader]:
   """Loaders of the old validation split (PARENT's) and the new (the adapted
-  run's), both encoded with PARENT's data_state.json."""
+  run's), both encoded with PARENT's data_state.json, as the adapted run's are."""
   model = models.get_model(config.model)
-  classes = dict(num_classes=getattr(model, "num_classes", None),
-                 vocab_size=getattr(model, "vocab_size", None))
-  old = splits_lib.open_splits(parent_config.data, state_dir=parent,
-                               write_state=False, **classes)
+  old = standalone.open_saved_splits(parent_config.data, parent, model)
   if "validation" not in old:
     raise UserError(f"{parent}: its data has no 'validation' split "
                     f"({', '.join(old)}) to judge an adaptation on")
-  # The child's state, once trained, is PARENT's (config.data.replay): read from
-  # PARENT until CHILD has its copy.
-  state_dir = child if os.path.exists(
-      os.path.join(child, splits_lib.STATE_FILE)) else None
-  new = splits_lib.open_splits(config.data, state_dir=state_dir, write_state=False,
-                               **classes)
+  # The replay changes only the training split: left out, PARENT's data are not
+  # read a second time.
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.replay = None
+  new = standalone.open_saved_splits(data_config, parent, model)
   preprocess = ops.compose(config.data.get("preprocess"))
   return {name: pipeline.BatchLoader(split, preprocess,
                                      num_threads=config.data.num_threads)
@@ -334,7 +329,7 @@ def adapt(parent: str, data: str, *, out: str | None = None,
                     f"{earlier.get('model_init')} to {earlier['data'].get('path')}; "
                     "give another --out")
   # Every mistake in the data shows here, before anything compiles.
-  loaders = _evaluation_loaders(config, parent, parent_config, child)
+  loaders = _evaluation_loaders(config, parent, parent_config)
 
   from ctjax import train  # pylint: disable=g-import-not-at-top
   train.train(config, child)

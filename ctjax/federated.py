@@ -350,6 +350,7 @@ class Federation:
   loaders: dict[str, Any]
   round: Round
   dp: Any
+  mesh: jax.sharding.Mesh  # config.mesh: a round's clients, and evaluation
 
   @property
   def per_round(self) -> int:
@@ -426,12 +427,12 @@ def prepare(config: Any, workdir: str, *, write_state: bool = True,
   local_tx = optim.make_optimizer(config.optim, total_steps=options["local_steps"],
                                   global_batch_size=config.batch_size,
                                   train_examples=None)[0]
+  mesh = sharding.make_mesh(config.mesh)
   round_ = make_round(model, local_tx, algorithm=options["algorithm"],
                       server_lr=options["server_lr"], mu=options["mu"],
-                      per_example_loss=task.per_example_loss, dp=dp,
-                      mesh=sharding.make_mesh(config.mesh))
+                      per_example_loss=task.per_example_loss, dp=dp, mesh=mesh)
   return Federation(config=config, options=options, model=model, task=task,
-                    splits=splits, loaders=loaders, round=round_, dp=dp)
+                    splits=splits, loaders=loaders, round=round_, dp=dp, mesh=mesh)
 
 
 def run_rounds(fed: Federation, workdir: str,
@@ -445,7 +446,7 @@ def run_rounds(fed: Federation, workdir: str,
   runs the config's evaluators on the global model. Returns the last round's
   scalars."""
   # pylint: disable=g-import-not-at-top
-  from ctjax import checkpoint, durations, sharding, writers
+  from ctjax import checkpoint, durations, writers
   from ctjax import evaluators as evaluators_lib
   # pylint: enable=g-import-not-at-top
   config, dp, rounds = fed.config, fed.dp, fed.options["rounds"]
@@ -462,7 +463,7 @@ def run_rounds(fed: Federation, workdir: str,
   train_examples = len(fed.splits["train"]) if "train" in fed.splits else None
   evaluators = evaluators_lib.make_evaluators(
       evaluators_lib.configured(config), model=fed.model, loaders=fed.loaders,
-      mesh=sharding.make_mesh(config.mesh),
+      mesh=fed.mesh,
       batch_size=config.eval_batch_size or config.batch_size, data_config=config.data,
       train_batch_size=config.batch_size, train_examples=train_examples,
       model_params=lambda trained: trained[0], task=config.task,
@@ -501,14 +502,14 @@ def train_federated(config: Any, workdir: str) -> dict[str, float]:
   """Simulates `config.federated`'s rounds in `workdir` (see `run_rounds`): each
   round's clients in one compiled program. Returns the last round's scalars."""
   # pylint: disable=g-import-not-at-top
-  from ctjax import privacy, sharding, writers
+  from ctjax import privacy, writers
   # pylint: enable=g-import-not-at-top
   fed = prepare(config, workdir)
   options, dp = fed.options, fed.dp
   names, parts = fed.site_partitions()
   keys = [client_key(name) for name in names]
   per_round = fed.per_round
-  shards = client_shards(sharding.make_mesh(config.mesh))
+  shards = client_shards(fed.mesh)
   if dp:
     privacy.record(workdir, dp, write=True)
     writers.info(dp.describe().replace("DP-SGD", "DP-FedAvg") + "; epsilon after "

@@ -257,10 +257,7 @@ def check_drift(workdir: str, data: str, *, thresholds: drift.Thresholds,
   name = standalone.point_at_new_data(config, None)
   model = models.get_model(config.model)
   mesh = sharding.make_mesh(config.mesh)
-  splits = splits_lib.open_splits(
-      config.data, state_dir=workdir, write_state=False,
-      num_classes=getattr(model, "num_classes", None),
-      vocab_size=getattr(model, "vocab_size", None))
+  splits = standalone.open_saved_splits(config.data, workdir, model)
   loader = pipeline.BatchLoader(splits[name], ops.compose(config.data.get("preprocess")),
                                 num_threads=config.data.num_threads)
   _, _, params, step = runs.load_model(workdir, checkpoint, config=config)

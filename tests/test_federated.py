@@ -185,7 +185,10 @@ def test_a_rounds_clients_are_divided_among_the_mesh_devices():
   # parameters, whose scale the bound is relative to).
   tolerances.assert_close_normwise(
       new, expected, tolerances.curve_rtol(2, TERMS) + tolerances.sum_rtol(4))
-  np.testing.assert_allclose(losses[3], losses[0], rtol=1e-6)
+  # The padding client is client 0's work again: the same batches, the same
+  # per-device program (one client each), no random numbers in this MLP. The
+  # same work in the same order, so bit for bit, on any CPU.
+  assert losses[3] == losses[0]
 
 
 def test_fedprox_keeps_the_clients_closer_to_the_global_model():

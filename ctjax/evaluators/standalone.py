@@ -26,6 +26,7 @@ What it writes (process 0):
 import math
 import os
 import sys
+from typing import Any
 
 import jax
 import ml_collections
@@ -57,6 +58,17 @@ def point_at_new_data(config: ml_collections.ConfigDict, split: str | None) -> s
   config.data.cross_validation = None
   config.data.replay = None
   return name
+
+
+def open_saved_splits(data_config: ml_collections.ConfigDict, workdir: str,
+                      model: Any) -> dict[str, Any]:
+  """The splits `data_config` names, encoded with the run in `workdir`'s saved
+  data_state.json (never refitted, nothing written), labels checked against
+  `model`."""
+  return splits_lib.open_splits(
+      data_config, state_dir=workdir, write_state=False,
+      num_classes=getattr(model, "num_classes", None),
+      vocab_size=getattr(model, "vocab_size", None))
 
 
 def eval_batch_size(config: ml_collections.ConfigDict, mesh) -> int:
@@ -91,10 +103,7 @@ def run_standalone(config: ml_collections.ConfigDict, workdir: str,
     split = point_at_new_data(config, split)
   model = models.get_model(config.model)
   mesh = sharding.make_mesh(config.mesh)
-  splits = splits_lib.open_splits(
-      config.data, state_dir=workdir, write_state=False,
-      num_classes=getattr(model, "num_classes", None),
-      vocab_size=getattr(model, "vocab_size", None))
+  splits = open_saved_splits(config.data, workdir, model)
   if split is not None and split not in splits:
     raise UserError(f"--split={split!r}: the run's data defines "
                     f"{', '.join(splits)}")
