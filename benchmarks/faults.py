@@ -117,8 +117,8 @@ class Setup:
   def start(self, workdir: os.PathLike, overrides: run_util.Overrides = None, *,
             prelude: str = "", devices: int = 8,
             extra_env: dict[str, str] | None = None) -> run_util.Run:
-    return run_util.start_python(WITHOUT_TENSORFLOW + prelude, self.config, workdir,
-                                 overrides, devices=devices, extra_env=extra_env)
+    return run_util.start(self.config, workdir, overrides, devices=devices,
+                          extra_env=extra_env, prelude=WITHOUT_TENSORFLOW + prelude)
 
   def train(self, workdir: os.PathLike, overrides: run_util.Overrides = None
             ) -> subprocess.CompletedProcess:

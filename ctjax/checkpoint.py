@@ -38,11 +38,11 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from flax import traverse_util
 import jax
-from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from ctjax import hf
+from ctjax import sharding
 from ctjax import writers
 from ctjax.errors import UserError
 
@@ -225,6 +225,10 @@ def make_manager(directory: str, checkpoint_config: Any | None = None, *,
       best_mode=cfg.best_mode if best else "max",
       enable_async_checkpointing=bool(cfg.async_save) if cfg else False,
       read_only=read_only, create=not read_only)
+  if not read_only:
+    # Creating the folder, Orbax has the processes meet in a collective; they may
+    # come here far apart, still compiling (see sharding.sync_processes).
+    sharding.sync_processes("checkpoint manager")
   # Handlers named up front, so that a fresh manager (a restarted run, or another
   # run's folder) can read item metadata before anything is restored.
   return _Manager(directory, options=options, item_handlers={
@@ -371,8 +375,7 @@ def _set_aside(manager: ocp.CheckpointManager, paths: list) -> dict:
       path.rename(target)
       renamed[path] = target
   if paths:
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("ctjax: damaged checkpoints set aside")
+    sharding.sync_processes("damaged checkpoints set aside")
     manager.reload()
   return renamed
 

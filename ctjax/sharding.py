@@ -5,12 +5,14 @@ config's `sharding_rules` map those names to the mesh axes `data`, `fsdp` and
 `tensor`. Changing the layout (data-parallel, FSDP, tensor-parallel) is changing
 the mesh sizes and rules, never the model.
 """
+import itertools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # A batch is split over every axis that holds different examples.
@@ -81,6 +83,28 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """Assembles global arrays from each process's contiguous share of the batch."""
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
           for k, v in local_batch.items()}
+
+
+_barrier_numbers = itertools.count()
+
+
+def sync_processes(name: str, timeout_s: int = 600) -> None:
+  """Every process waits here for the others (no-op in a single process).
+
+  A barrier of jax.distributed's coordination service, not a collective. XLA's
+  CPU collectives (gloo) connect the processes of a group of devices the first
+  time a program uses that group, and fail if the others have not come within a
+  fixed 30 s (once connected, a collective waits as long as it takes). On a
+  loaded host one process can be that far behind, compiling or writing logs, so
+  the processes meet here, with no such limit, before programs that may use a
+  group for the first time. (`multihost_utils.sync_global_devices`, and so
+  Orbax's own barriers, are such programs.)
+  """
+  if jax.process_count() == 1:
+    return
+  # Barrier names are used once; every process calls this in the same order.
+  key = f"ctjax/{next(_barrier_numbers)}/{name}"
+  multihost.get_jax_distributed_client().wait_at_barrier(key, timeout_s * 1000)
 
 
 def describe_params(params: Any, shardings: Any) -> str:

@@ -247,6 +247,9 @@ class CompiledPerShape:
       self._compiled[key] = self._jitted.lower(
           self._abstract_state, _abstract_batch(batch, self._mesh),
           self._abstract_sums).compile()
+      # Each process compiled at its own pace; they go on together, as the
+      # program may connect new groups of devices (see sharding.sync_processes).
+      sharding.sync_processes("train step compiled")
     return self._compiled[key]
 
   def __call__(self, state, batch, sums):

@@ -26,14 +26,16 @@ def free_port() -> int:
 
 
 def start(config: str, workdir: os.PathLike, overrides: run_util.Overrides = None,
-          *, num_processes: int = 2, devices_per_process: int = 4
-          ) -> list[run_util.Run]:
-  """Starts process 0..n-1 of one run."""
+          *, num_processes: int = 2, devices_per_process: int = 4,
+          preludes: dict[int, str] | None = None) -> list[run_util.Run]:
+  """Starts process 0..n-1 of one run; process i first runs the Python code
+  `preludes[i]`, where given (see run_util.start)."""
   address = f"127.0.0.1:{free_port()}"
   return [run_util.start(config, workdir, overrides, devices=devices_per_process,
                          extra_env={"JAX_COORDINATOR_ADDRESS": address,
                                     "JAX_NUM_PROCESSES": str(num_processes),
-                                    "JAX_PROCESS_ID": str(i)})
+                                    "JAX_PROCESS_ID": str(i)},
+                         prelude=(preludes or {}).get(i))
           for i in range(num_processes)]
 
 
@@ -57,8 +59,8 @@ def finish(runs: list[run_util.Run], *, timeout: float = run_util.TIMEOUT_S
 
 
 def train(config: str, workdir: os.PathLike, overrides: run_util.Overrides = None,
-          *, num_processes: int = 2, devices_per_process: int = 4
-          ) -> list[subprocess.CompletedProcess]:
+          *, num_processes: int = 2, devices_per_process: int = 4,
+          preludes: dict[int, str] | None = None) -> list[subprocess.CompletedProcess]:
   """Runs one training run as `num_processes` processes; returns their results."""
   return finish(start(config, workdir, overrides, num_processes=num_processes,
-                      devices_per_process=devices_per_process))
+                      devices_per_process=devices_per_process, preludes=preludes))

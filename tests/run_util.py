@@ -151,10 +151,15 @@ class Run:
 
 def start(config: str, workdir: os.PathLike, overrides: Overrides = None, *,
           devices: int = 8, extra_env: dict[str, str] | None = None,
-          extra_args: list[str] = ()) -> Run:
-  """Starts a run without waiting for it; `extra_args` follow the command's own."""
+          extra_args: list[str] = (), prelude: str | None = None) -> Run:
+  """Starts a run without waiting for it; `extra_args` follow the command's own.
+  With `prelude`, the process first runs that Python code: to inject a fault
+  (patch a function to hang or to be slow) or to hide a package."""
+  args = [*command(config, workdir, overrides), *extra_args]
+  if prelude is not None:
+    args[1:3] = ["-c", f"{prelude}\nfrom ctjax import main\nmain.main()\n"]
   stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-  process = subprocess.Popen([*command(config, workdir, overrides), *extra_args],
+  process = subprocess.Popen(args,
                              cwd=REPO,
                              env=env(devices, **(extra_env or {})),
                              stdout=stdout, stderr=stderr, text=True)
@@ -308,19 +313,6 @@ def assert_trees_close(actual: Any, expected: Any, *, rtol: float = 0.0,
     else:
       np.testing.assert_allclose(actual[path], want, rtol=rtol, atol=atol,
                                  err_msg=path)
-
-
-def start_python(prelude: str, config: str, workdir: os.PathLike,
-                 overrides: Overrides = None, *, devices: int = 8,
-                 extra_env: dict[str, str] | None = None) -> Run:
-  """Starts `ctjax train` in a process that first runs the Python code `prelude`:
-  to inject a fault (patch a function to hang) or to hide a package."""
-  args = command(config, workdir, overrides)
-  args[1:3] = ["-c", f"{prelude}\nfrom ctjax import main\nmain.main()\n"]
-  stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-  process = subprocess.Popen(args, cwd=REPO, env=env(devices, **(extra_env or {})),
-                             stdout=stdout, stderr=stderr, text=True)
-  return Run(process, stdout, stderr)
 
 
 def output_so_far(file: IO[str]) -> str:

@@ -17,6 +17,18 @@ MESH = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
 # tests/tolerances.py. Measured: train/loss within 1e-7 relative, parameters after
 # 10 Adam steps within 3e-7 absolute.
 STEPS = run_util.GPT_CONFIG["train_duration"]
+# Process 1 compiles its train step 40 s after process 0 (a loaded host): XLA's
+# CPU collectives give up when one process waits over 30 s for the others to
+# connect a device group, so the trainer has the processes meet first.
+LATE_PROCESS = """
+import time
+from ctjax import train
+compile_now = train.CompiledPerShape.compile
+def compile_late(self, batch):
+  time.sleep(0 if self._compiled else 40)
+  return compile_now(self, batch)
+train.CompiledPerShape.compile = compile_late
+"""
 
 
 @pytest.mark.long
@@ -25,7 +37,8 @@ def test_two_processes_match_one_process(tmp_path, tmp_path_factory):
   config = run_util.write_config(tmp_path, run_util.GPT_CONFIG)
   workdir = tmp_path / "run"
   process_0, _ = multiprocess_util.train(config, workdir, MESH, num_processes=2,
-                                         devices_per_process=4)
+                                         devices_per_process=4,
+                                         preludes={1: LATE_PROCESS})
   assert "over 8 cpu devices, 2 process(es)" in process_0.stdout
 
   # Only process 0 writes metrics.jsonl: each step once, not once per process.

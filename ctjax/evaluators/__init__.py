@@ -39,6 +39,7 @@ import jax
 
 from ctjax import by_name
 from ctjax import durations
+from ctjax import sharding
 from ctjax.data import pipeline
 from ctjax.errors import UserError
 
@@ -102,6 +103,9 @@ class Scheduled:
     an evaluator's `run_final`, where it has one, runs instead of `run`."""
     run = getattr(self.evaluator, "run_final", self.evaluator.run) if final else (
         self.evaluator.run)
+    # Process 0 may be behind, writing logs and reports, as an evaluation's
+    # programs start (see sharding.sync_processes).
+    sharding.sync_processes(f"evaluation {self.prefix}")
     return {f"{self.prefix}{k}": v for k, v in run(params).items()}
 
 
