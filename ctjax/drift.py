@@ -32,6 +32,8 @@ PSI is biased upwards on few examples, by about (bins - 1)(1/n_new + 1/n_ref) fo
 unchanged data: 0.09 for 10 bins and 100 new rows. Monitor batches of at least a
 few hundred rows, or raise the threshold.
 """
+from __future__ import annotations
+
 import csv
 import dataclasses
 import hashlib
@@ -40,13 +42,16 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-from matplotlib.figure import Figure
 import numpy as np
 
+from ctjax import plots
 from ctjax import writers
 from ctjax.errors import UserError
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
 
 KINDS = ("table", "embedding")
 FEATURE_BINS = 10
@@ -541,7 +546,7 @@ def write_report(report: DriftReport, out_dir: str) -> dict[str, str]:
 def _plot(report: DriftReport) -> Figure:
   """PSI per table feature against the threshold, and the score histograms."""
   features = [row for row in report.rows if row.check == "feature"]
-  figure = Figure(figsize=(11 if features else 5.5, 4), layout="constrained")
+  figure = plots.new_figure(11 if features else 5.5, 4)
   axes = figure.subplots(1, 2 if features else 1, squeeze=False)[0]
   if features:
     ax = axes[0]

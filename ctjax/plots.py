@@ -20,19 +20,25 @@ plots show what there is.
 
 Figures are `matplotlib.figure.Figure` objects drawn by the Agg canvas, never
 pyplot's: pyplot keeps every figure in global state until closed, and picks an
-interactive backend where a display exists.
+interactive backend where a display exists. Matplotlib is imported as the
+first figure is drawn: it costs most commands (and every test process) 0.7 s.
 """
+from __future__ import annotations
+
 import json
 import logging
 import os
 import re
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
 import numpy as np
 
 from ctjax import metrics as metrics_lib
 from ctjax import writers
 from ctjax.errors import UserError
+
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
 
 # The metrics plotted against the step, besides the loss, in this order of
 # preference; the first few present are shown.
@@ -165,7 +171,9 @@ def _class_name(names: list[str] | None, c: int) -> str:
   return str(names[c]) if names and c < len(names) else str(c)
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+  """An empty figure of this size in inches, laid out to fit its labels."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,redefined-outer-name
   return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -195,7 +203,7 @@ def training_curves(records: list[dict]) -> Figure | None:
   splits = sorted({s for name in names for s in series[name]},
                   key=lambda s: (s != "train", s))
   colours = {split: f"C{i}" for i, split in enumerate(splits)}
-  figure = _figure(4.2 * len(names), 3.6)
+  figure = new_figure(4.2 * len(names), 3.6)
   axes = figure.subplots(1, len(names), squeeze=False)[0]
   for ax, name in zip(axes, names):
     for split in sorted(series[name], key=splits.index):
@@ -264,7 +272,7 @@ def _ranking_figure(stats: dict, names: list[str] | None, title: str, kind: str,
   many = len(classes) > _MAX_LEGEND_CLASSES
   # Precision-recall curves of several classes fill the square: legend beside it.
   legend_beside = kind == "pr" and not binary and not many
-  figure = _figure(8 if legend_beside else 6, 5.2)
+  figure = new_figure(8 if legend_beside else 6, 5.2)
   ax = figure.subplots()
   for c in classes:
     label = (f"{_class_name(names, c)}: AUC {per_class['roc_auc'][c]:.3f}"
@@ -323,7 +331,7 @@ def confusion_matrix(stats: dict, names: list[str] | None,
     return None
   num_classes = confusion.shape[0]
   size = min(4 + 0.45 * num_classes, 14)
-  figure = _figure(size + 1, size)
+  figure = new_figure(size + 1, size)
   ax = figure.subplots()
   image = ax.imshow(confusion, cmap="Blues")
   figure.colorbar(image, ax=ax, label="examples", shrink=0.8)
@@ -360,7 +368,7 @@ def reliability_diagram(stats: dict, title: str) -> Figure | None:
                               where=occupied)
   # The same sum as metrics.summarize's expected_calibration_error.
   ece = np.abs(correct - confidence).sum() / max(count.sum(), 1)
-  figure = _figure(6, 6.4)
+  figure = new_figure(6, 6.4)
   top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
   top.bar(edges[:-1][occupied], accuracy[occupied], width=1 / bins, align="edge",
           edgecolor="black", color="tab:blue", alpha=0.7, label="accuracy in bin")
@@ -391,7 +399,7 @@ def per_label_auc(info: dict, title: str) -> Figure | None:
     return None
   names = [_class_name(info.get("class_names"), c) for c in range(len(auc))]
   values = np.array([np.nan if v is None else v for v in auc], np.float64)
-  figure = _figure(max(5, 0.4 * len(auc) + 2), 4.5)
+  figure = new_figure(max(5, 0.4 * len(auc) + 2), 4.5)
   ax = figure.subplots()
   ax.bar(range(len(auc)), np.nan_to_num(values), color="tab:blue")
   ax.axhline(0.5, linestyle="--", color="grey", linewidth=1, label="chance")
@@ -417,7 +425,7 @@ def _regression_pairs(predictions: list[dict] | None
 def predicted_vs_true(true: np.ndarray, predicted: np.ndarray,
                       title: str) -> Figure:
   """A scatter of predicted against true values, with the line y = x."""
-  figure = _figure(5.5, 5.5)
+  figure = new_figure(5.5, 5.5)
   ax = figure.subplots()
   ax.scatter(true, predicted, s=8, alpha=0.5, rasterized=True)
   low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
@@ -434,7 +442,7 @@ def residual_histogram(true: np.ndarray, predicted: np.ndarray,
                        title: str) -> Figure:
   """The distribution of prediction - truth."""
   residuals = predicted - true
-  figure = _figure(6, 4.5)
+  figure = new_figure(6, 4.5)
   ax = figure.subplots()
   ax.hist(residuals, bins=min(50, max(10, len(residuals) // 10)), color="tab:blue",
           edgecolor="black")
@@ -476,7 +484,7 @@ def slice_metrics(slice_name: str, summary: dict, title: str) -> Figure | None:
     return None
   labels = [f"{g['name']} (n={g['count']})" + (" (!)" if g.get("warning") else "")
             for g in groups]
-  figure = _figure(4 * len(names) + 1.5, max(3.2, 1.6 + 0.45 * len(groups)))
+  figure = new_figure(4 * len(names) + 1.5, max(3.2, 1.6 + 0.45 * len(groups)))
   axes = figure.subplots(1, len(names), squeeze=False, sharey=True)[0]
   positions = np.arange(len(groups))
   for ax, name in zip(axes, names):
