@@ -255,7 +255,6 @@ def make_manager(directory: str, checkpoint_config: Any | None = None, *,
       "data": ocp.JsonCheckpointHandler()})
 
 
-
 # Parts of the train state that checkpoints leave out: frozen parameters, which
 # training never changes (ctjax/peft.py); they come again from their source.
 UNSAVED = ("frozen",)

@@ -87,7 +87,8 @@ def _check_accumulation(model, batch, grad_accum_steps, sum_terms):
   # SGD at lr 1: the update is minus the gradient, compared normwise (a gradient
   # entry's rounding is relative to the magnitudes it sums, not to itself), and
   # read back from parameters that each side rounded (the gpt's attention kernels'
-  # updates are ~1e-4 on parameters ~0.03: one ulp there is ~1e-3 of the update).
+  # updates are ~1e-4 on parameters ~0.03, whose ulp is ~1.5e-5 of the update: as
+  # much as the bound on the gradient's rounding).
   update = lambda new: jax.tree.map(np.subtract, new, params)
   larger = jax.tree.map(lambda a, b: np.maximum(np.abs(a), np.abs(b)),
                         new_state["params"], want_params)
