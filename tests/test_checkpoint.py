@@ -1,5 +1,6 @@
 """Checkpoints: exact resumption after SIGKILL and SIGTERM, across device counts,
-the resume order, model_init, retention, and refusal of another model's checkpoint.
+the resume order, model_init, retention, refusal of another model's checkpoint, and
+the files Orbax's default handler writes and reads.
 
 The reference is one uninterrupted `ctjax train` run of a small MLP on the digits
 (200 steps, a checkpoint every 50). Interrupted runs use the same command and must
@@ -16,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -269,3 +272,34 @@ def test_resume_order_workdir_then_resume_then_model_init_then_scratch(tmp_path)
   assert restored["params"]["w"][0] == 7 and restored["opt_state"]["mu"][0] == 0
   restored, position = restore(str(tmp_path / "new3"))
   assert position is None and restored["params"]["w"][0] == 0
+
+
+def test_checkpoints_of_orbaxs_default_handler_restore_bit_for_bit_and_back(tmp_path):
+  """ctjax writes replicated arrays under 1 MiB a replica whole, from one replica
+  (ctjax/checkpoint.py), where Orbax's default divides them among the replicas:
+  the files mean the same either way, so checkpoints written before that change
+  (and by plain Orbax) restore, and ctjax's restore with Orbax's default. The large
+  array's replica shares are 1.5 MiB: divided in both."""
+  replicated = NamedSharding(jax.make_mesh((8,), ("data",)), P())
+  state = jax.device_put({
+      "kernel": jnp.arange(64 * 16, dtype=jnp.float32).reshape(64, 16),
+      "rng": jax.random.PRNGKey(3),
+      "large": jnp.arange(3 * 2**20, dtype=jnp.float32).reshape(-1, 1024)}, replicated)
+
+  def manager(directory, kind):
+    if kind == "ctjax":
+      return checkpoint.make_manager(str(directory))
+    return ocp.CheckpointManager(str(directory), item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+
+  for writer, reader in (("orbax", "ctjax"), ("ctjax", "orbax")):
+    written = manager(tmp_path / writer, writer)
+    written.save(1, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state),
+                                            data=ocp.args.JsonSave({"step": 1})))
+    written.wait_until_finished()
+    written.close()
+    restored = manager(tmp_path / writer, reader).restore(1, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(), data=ocp.args.JsonRestore()))["state"]
+    for key, value in state.items():
+      np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(value),
+                                    err_msg=f"{writer} -> {reader}: {key}")
