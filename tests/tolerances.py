@@ -54,26 +54,29 @@ def curve_rtol(steps: int, n: int) -> float:
 
 
 def assert_close_normwise(actual: Any, expected: Any, rtol: float,
-                          updated: Any = None) -> None:
+                          params: Any = None) -> None:
   """Same paths; each array within `rtol` of the expected array's largest magnitude.
 
   Normwise, not elementwise: a rounding difference in a sum is relative to the
   magnitudes summed, so an entry near zero (a sum that cancelled) may differ by
   far more than its own size, never by more than the scale of its array.
 
-  `updated`: when the arrays compared are updates read back from parameters
-  (new - old), the parameters after the update. Each new parameter was rounded
-  to float32 on its own: an update far smaller than its parameter moves by up to
-  half a unit in the last place of that parameter, whatever its own scale, so
-  each array is also allowed one unit in the last place of its largest updated
-  parameter (half for each side).
+  `params`: when the arrays compared are updates read back from float32
+  parameters (new - params). Each new parameter was rounded on its own: an
+  update far smaller than its parameter moves by up to half a unit in the last
+  place of that parameter, whatever its own scale, so each array is also allowed
+  one unit in the last place of its largest new parameter (half for each side).
   """
   flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x, np.float64)
                        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
   actual, expected = flat(actual), flat(expected)
   assert sorted(actual) == sorted(expected)
-  ulp = {path: float(np.spacing(np.float32(np.abs(x).max(initial=0.0))))
-         for path, x in flat(updated).items()} if updated is not None else {}
+  ulp = {}
+  if params is not None:
+    for path, old in flat(params).items():
+      largest = max(np.abs(old + update[path]).max(initial=0.0)
+                    for update in (actual, expected))
+      ulp[path] = float(np.spacing(np.float32(largest)))
   for path, want in expected.items():
     scale = np.abs(want).max(initial=0.0)
     difference = np.abs(actual[path] - want).max(initial=0.0)
